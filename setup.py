@@ -1,0 +1,30 @@
+"""Installs tfsd: stochastic-depth layers and a model zoo for TensorFlow / Keras 3."""
+
+import setuptools
+
+setuptools.setup(
+    name="tfsd",
+    version="0.1.0",
+    description="TF-native stochastic depth: layers, EfficientNet/ResNet zoo, training, export.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tfsd", "tfsd.*"]),
+    python_requires=">=3.10",
+    # Bounded pins: the versions below are the ones CI installs and tests.
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.13,<4",
+        "absl-py>=2.1,<3",
+        "ml-collections>=1.0,<2",
+        "tensorflow-datasets>=4.9.9,<5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
+            # keras-cv is frozen; it is only a reference in tests and benchmarks.
+            "keras-cv==0.9.0",
+        ],
+    },
+    entry_points={"console_scripts": ["tfsd-train=tfsd.train:run_main"]},
+)

@@ -1,0 +1,419 @@
+"""TF-native stochastic depth layers and survival schedules.
+
+Stochastic depth (Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth",
+ECCV 2016, arXiv:1603.09382) trains a residual network whose blocks are randomly dropped:
+
+    training:   H_l = shortcut + b_l * f_l(H_{l-1}),   b_l ~ Bernoulli(p_l)
+    inference:  H_l = shortcut + p_l * f_l(H_{l-1})
+
+Two layers implement it:
+
+* `StochasticDepth` takes an already computed ``[shortcut, residual]`` pair (the two-input form of
+  TF Addons and keras-cv) and multiplies the residual by a gate.
+* `StochasticResidual` holds the residual *branch* as a sub-layer. In ``mode="batch"`` during
+  training it evaluates the branch inside a ``tf.cond``, so a dropped block's branch is not run at
+  all, forward or backward, and its BatchNorm statistics are not updated. This is the paper's
+  training-time saving (Table 2: ~25% with p_L = 0.5); mask-multiply implementations pay full price.
+
+Conventions (see ``../shared/REFERENCES.md``, "Variants in the wild"):
+
+* ``mode="batch"``: one gate per call, shared by the whole mini-batch (paper, tfa, keras-cv).
+  ``mode="sample"``: one gate per example, broadcast over the other axes (timm DropPath,
+  EfficientNet ``drop_connect``, Composer ``sample``).
+* ``scale_at="inference"``: the paper's scaling; the residual is multiplied by p at inference.
+  ``scale_at="train"``: inverted scaling (timm, keras.applications, TF EfficientNet); kept residuals
+  are divided by p during training and inference is the plain sum.
+
+Randomness. Every gate comes from ``tf.random.stateless_uniform`` (full-range uint32 Philox draws,
+kept when below ``round(p * 2**32)``: bit-identical on CPU, GPU and under XLA) keyed by
+``fold_in(fold_in([0, seed], step), replica)``:
+
+* ``seed``: the layer's integer seed (``seed=None`` draws one from Python's ``random`` module at
+  construction, which ``keras.utils.set_random_seed`` controls; the drawn value is stored in
+  ``get_config`` so a saved model keeps its random stream).
+* ``step``: a non-trainable int64 variable of the layer (``<layer>/sd_step``) incremented by every
+  training call. It is part of the model's weights and of every checkpoint, so a resumed run
+  continues the same stream. It is a sync-on-read variable: each replica increments its own copy
+  without communication and checkpoints save replica 0's value.
+* ``replica``: ``tf.distribute.get_replica_context().replica_id_in_sync_group`` (0 outside a
+  strategy), so each replica draws its own gates. ``sync_replicas=True`` leaves the replica out, so
+  every replica draws the same gates: required when the branch holds cross-replica ops (e.g.
+  synchronized BatchNorm), so replicas never take different control flow.
+
+Inference (``training`` False or None) builds no random op, and ``survival_prob=1.0`` is an exact
+identity ``shortcut + residual`` in every mode and phase.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+MODES = ("batch", "sample")
+SCALE_AT = ("inference", "train")
+RULES = ("linear", "uniform")
+
+
+# -------------------------------------------------------------------------------------------------
+# Survival schedules.
+# -------------------------------------------------------------------------------------------------
+
+
+def _check_num_blocks(num_blocks: int) -> None:
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}.")
+
+
+def survival_schedule(num_blocks: int, final_survival: float, rule: str = "linear") -> list[float]:
+    """Per-block survival probabilities in the paper's convention.
+
+    ``rule="linear"`` is the paper's linear decay rule (Huang et al. 2016, eq. 4):
+    ``p_l = 1 - (l / L) * (1 - p_L)`` for ``l = 1 ... L``, so the first block survives with
+    ``1 - (1 - p_L) / L`` and the last with exactly ``p_L``. ``rule="uniform"`` gives every block
+    ``p_L`` (the paper's uniform baseline; Composer's ``uniform``).
+
+    Args:
+      num_blocks: L, the number of residual blocks, counted after any depth scaling.
+      final_survival: p_L in (0, 1]; 0.5 in all of the paper's experiments.
+      rule: "linear" or "uniform".
+
+    Returns:
+      A list of L floats.
+    """
+    _check_num_blocks(num_blocks)
+    _check_survival_prob(final_survival, "final_survival")
+    if rule == "linear":
+        return [1.0 - (l / num_blocks) * (1.0 - final_survival) for l in range(1, num_blocks + 1)]
+    if rule == "uniform":
+        return [float(final_survival)] * num_blocks
+    raise ValueError(f"Unknown survival rule {rule!r}; expected one of {RULES}.")
+
+
+def efficientnet_survival_schedule(num_blocks: int, drop_rate: float) -> list[float]:
+    """Per-block survival probabilities in the EfficientNet / timm convention.
+
+    Block ``i = 0 ... N-1`` drops with ``drop_rate * i / N``, so the first block is never dropped
+    and the last survives with ``1 - drop_rate * (N - 1) / N``. N must be counted *after* depth
+    rounding. This matches the TF EfficientNet reference (``drop_connect_rate * block_id /
+    num_blocks``), keras.applications' EfficientNet and timm/torchvision EfficientNet.
+
+    Args:
+      num_blocks: N, the number of blocks after depth scaling.
+      drop_rate: r in [0, 1); 0.2 for EfficientNet (survival 0.8).
+
+    Returns:
+      A list of N floats.
+    """
+    _check_num_blocks(num_blocks)
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
+    return [1.0 - drop_rate * i / num_blocks for i in range(num_blocks)]
+
+
+# -------------------------------------------------------------------------------------------------
+# Layers.
+# -------------------------------------------------------------------------------------------------
+
+
+def _check_survival_prob(value: Any, name: str = "survival_prob") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}.")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}.")
+
+
+def _resolve_training(training: Any) -> Any:
+    """Maps Keras' ``training`` to a Python bool, leaving a tensor as is (for ``tf.cond``)."""
+    if training is None:
+        return False
+    if isinstance(training, (bool, int)):
+        return bool(training)
+    return training
+
+
+@keras.saving.register_keras_serializable(package="tfsd")
+class StochasticDepth(keras.layers.Layer):
+    """Returns ``shortcut + gate * residual`` for a ``[shortcut, residual]`` pair.
+
+    Example:
+      >>> x = keras.Input((8, 8, 16))
+      >>> r = keras.layers.Conv2D(16, 3, padding="same")(x)
+      >>> y = StochasticDepth(0.8, mode="sample", seed=1)([x, r])
+
+    Args:
+      survival_prob: p in (0, 1], the probability that the residual is kept.
+      mode: "batch" (one gate per call, the paper) or "sample" (one gate per example).
+      scale_at: "inference" (paper: ``shortcut + p * residual`` at inference) or "train"
+        (inverted: kept residuals divided by p in training, plain sum at inference).
+      sync_replicas: if True, every replica of a ``tf.distribute`` strategy draws the same gates.
+      seed: integer seed of this layer's random stream; None draws one from Python's ``random``.
+      **kwargs: standard Keras layer arguments (``name``, ``dtype``…).
+    """
+
+    def __init__(
+        self,
+        survival_prob: float,
+        mode: str = "batch",
+        scale_at: str = "inference",
+        sync_replicas: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        _check_survival_prob(survival_prob)
+        if mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+        if scale_at not in SCALE_AT:
+            raise ValueError(f"Unknown scale_at {scale_at!r}; expected one of {SCALE_AT}.")
+        if not isinstance(sync_replicas, bool):
+            raise ValueError(f"sync_replicas must be a bool, got {sync_replicas!r}.")
+        if seed is None:
+            seed = random.randint(0, 2**31 - 1)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}.")
+        self.survival_prob = float(survival_prob)
+        self._threshold = min(round(self.survival_prob * 2**32), 2**32)
+        self.mode = mode
+        self.scale_at = scale_at
+        self.sync_replicas = sync_replicas
+        self.seed = seed
+        self.step = None
+        self.keep_rate = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _build_state(self) -> None:
+        if self.step is not None:
+            return
+        # Sync-on-read: replicas advance their own counters with no cross-replica traffic; all of
+        # them advance identically, so replica 0's value is the one checkpoints save and restore.
+        with keras.name_scope(self.name, caller=self):
+            self.step = keras.Variable(
+                0,
+                dtype="int64",
+                trainable=False,
+                name="sd_step",
+                synchronization="on_read",
+                aggregation="only_first_replica",
+            )
+            # Fraction of gates kept by the last training call (1/0 in batch mode); read as the
+            # mean over replicas. The training loop sums it over blocks for the effective depth.
+            self.keep_rate = keras.Variable(
+                1.0,
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+                name="sd_keep_rate",
+                synchronization="on_read",
+                aggregation="mean",
+            )
+
+    def build(self, input_shape: Any) -> None:
+        self._check_pair_shapes(input_shape)
+        self._build_state()
+
+    @staticmethod
+    def _as_shape(s: Any) -> tuple:
+        return tuple(s.as_list()) if isinstance(s, tf.TensorShape) else tuple(s)
+
+    def _check_pair_shapes(self, input_shape: Any) -> None:
+        is_shape = lambda s: isinstance(s, (list, tuple, tf.TensorShape))  # noqa: E731
+        if not (is_shape(input_shape) and len(input_shape) == 2 and all(map(is_shape, input_shape))):
+            raise ValueError(
+                f"{type(self).__name__} expects a pair [shortcut, residual], got input shapes "
+                f"{input_shape!r}."
+            )
+        a, b = (self._as_shape(s) for s in input_shape)
+        compatible = len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+        if not compatible:
+            raise ValueError(
+                f"shortcut and residual shapes must be equal, got shortcut shape {a} and residual "
+                f"shape {b}."
+            )
+
+    # -- gates ------------------------------------------------------------------------------------
+
+    def _replica_id(self) -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or self.sync_replicas:
+            return tf.constant(0, tf.int64)
+        return tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+
+    def _draw_keep(self, batch_size: Any, rank: int) -> tf.Tensor:
+        """Draws the Bernoulli(p) keep decisions (bool) and advances the step counter."""
+        step = tf.identity(self.step.value)
+        seed = tf.constant([0, self.seed], tf.int64)
+        # Philox named explicitly: "auto_select" resolves differently in XLA and TF kernels.
+        seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+        seed = tf.random.experimental.stateless_fold_in(seed, self._replica_id(), alg="philox")
+        if self.mode == "batch":
+            shape = []
+        else:
+            shape = tf.stack([tf.cast(batch_size, tf.int32)] + [1] * (rank - 1))
+        # Full-range uint32 draws compared with round(p * 2^32) in integer arithmetic: exact for
+        # any p whatever the compute dtype, and bit-identical on CPU, GPU and under XLA (float
+        # stateless uniforms differ between the TF kernel and XLA's lowering).
+        bits = tf.random.stateless_uniform(
+            shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+        )
+        keep = tf.cast(bits, tf.int64) < self._threshold
+        self.step.assign_add(1)
+        self.keep_rate.assign(tf.reduce_mean(tf.cast(keep, tf.float32)))
+        return keep
+
+    def _gate(self, keep: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+        """The factor multiplying the residual in training (b or b / p), in ``dtype``."""
+        gate = tf.cast(keep, dtype)
+        if self.scale_at == "train":
+            gate = gate * tf.cast(1.0 / self.survival_prob, dtype)
+        return gate
+
+    def _inference(self, shortcut: tf.Tensor, residual: tf.Tensor) -> tf.Tensor:
+        if self.scale_at == "inference" and self.survival_prob < 1.0:
+            return shortcut + tf.cast(self.survival_prob, residual.dtype) * residual
+        return shortcut + residual
+
+    # -- call -------------------------------------------------------------------------------------
+
+    def _split_pair(self, inputs: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs [shortcut, residual] (a list of two "
+                f"tensors), got {type(inputs).__name__}."
+            )
+        shortcut, residual = (tf.convert_to_tensor(t) for t in inputs)
+        self._check_pair_shapes([shortcut.shape, residual.shape])
+        dtype = self.compute_dtype
+        return tf.cast(shortcut, dtype), tf.cast(residual, dtype)
+
+    def call(self, inputs: Sequence[tf.Tensor], training: Any = None) -> tf.Tensor:
+        shortcut, residual = self._split_pair(inputs)
+        training = _resolve_training(training)
+        if self.survival_prob == 1.0 or training is False:
+            return self._inference(shortcut, residual)
+
+        def train_fn():
+            keep = self._draw_keep(tf.shape(residual)[0], residual.shape.rank)
+            return shortcut + self._gate(keep, residual.dtype) * residual
+
+        if training is True:
+            return train_fn()
+        return tf.cond(training, train_fn, lambda: self._inference(shortcut, residual))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            survival_prob=self.survival_prob,
+            mode=self.mode,
+            scale_at=self.scale_at,
+            sync_replicas=self.sync_replicas,
+            seed=self.seed,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfsd")
+class StochasticResidual(StochasticDepth):
+    """A residual block ``shortcut + gate * branch(inputs)`` that skips dropped branches.
+
+    Called as ``layer(inputs)`` (identity shortcut) or ``layer(inputs, shortcut=s)`` with a
+    shortcut of the branch's output shape (a projection or a zero-padded subsample). In
+    ``mode="batch"`` during training the branch runs inside ``tf.cond``: a dropped block costs
+    nothing forward or backward, its variables get zero gradients (``None`` when running eagerly,
+    since the branch never touched the tape) and its BatchNorm moving statistics stay unchanged.
+    In ``mode="sample"`` and at inference it computes exactly what `StochasticDepth` computes.
+
+    Example:
+      >>> branch = keras.Sequential([keras.layers.Conv2D(16, 3, padding="same")])
+      >>> y = StochasticResidual(branch, 0.5, seed=3)(x)
+
+    Args:
+      branch: a Keras layer (often a functional sub-model) computing the residual.
+      survival_prob, mode, scale_at, sync_replicas, seed: as in `StochasticDepth`.
+      **kwargs: standard Keras layer arguments.
+    """
+
+    def __init__(
+        self,
+        branch: keras.layers.Layer,
+        survival_prob: float,
+        mode: str = "batch",
+        scale_at: str = "inference",
+        sync_replicas: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            survival_prob,
+            mode=mode,
+            scale_at=scale_at,
+            sync_replicas=sync_replicas,
+            seed=seed,
+            **kwargs,
+        )
+        if not isinstance(branch, keras.layers.Layer):
+            raise ValueError(f"branch must be a keras Layer, got {type(branch).__name__}.")
+        self.branch = branch
+
+    def build(self, inputs_shape: Any, shortcut_shape: Any = None) -> None:
+        if not self.branch.built:
+            self.branch.build(inputs_shape)
+        self._build_state()
+
+    def call(self, inputs: tf.Tensor, shortcut: tf.Tensor | None = None, training: Any = None):
+        inputs = tf.convert_to_tensor(inputs)
+        shortcut = inputs if shortcut is None else tf.convert_to_tensor(shortcut)
+        training = _resolve_training(training)
+        if training is False or self.survival_prob == 1.0 or self.mode == "sample":
+            residual = self.branch(inputs, training=training)
+            return super().call([shortcut, residual], training=training)
+
+        dtype = self.compute_dtype
+        shortcut = tf.cast(shortcut, dtype)
+
+        def run_branch():
+            residual = tf.cast(self.branch(inputs, training=True), dtype)
+            self._check_pair_shapes([shortcut.shape, residual.shape])
+            return shortcut + self._gate(tf.constant(True), dtype) * residual
+
+        def train_fn():
+            keep = self._draw_keep(None, 0)
+            # The dropped side returns the shortcut unchanged: no branch op is built in it.
+            return tf.cond(keep, run_branch, lambda: tf.identity(shortcut))
+
+        if training is True:
+            return train_fn()
+
+        def infer_fn():
+            return self._inference(shortcut, tf.cast(self.branch(inputs, training=False), dtype))
+
+        return tf.cond(training, train_fn, infer_fn)
+
+    def compute_output_spec(self, inputs: Any, shortcut: Any = None, training: Any = None):
+        spec = self.branch.compute_output_spec(inputs)
+        self._check_pair_shapes([(inputs if shortcut is None else shortcut).shape, spec.shape])
+        return keras.KerasTensor(spec.shape, dtype=self.compute_dtype)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["branch"] = keras.saving.serialize_keras_object(self.branch)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> StochasticResidual:
+        config = dict(config)
+        config["branch"] = keras.saving.deserialize_keras_object(config["branch"])
+        return cls(**config)
+
+
+def stochastic_depth_layers(model: keras.Model) -> list[StochasticDepth]:
+    """All stochastic-depth layers of ``model``, nested sub-models included, in build order."""
+    return [l for l in model._flatten_layers(include_self=False) if isinstance(l, StochasticDepth)]

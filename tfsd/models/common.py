@@ -1,0 +1,85 @@
+"""Pieces shared by the model builders: input normalisation and stochastic residual blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from tfsd import layers as sd_layers
+
+# Per-channel RGB statistics of images scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# CIFAR statistics as used by the fb.resnet.torch / stochastic-depth Torch code.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+SVHN_STD = (0.1980, 0.2010, 0.1970)
+
+
+def normalize_pixels(
+    x: keras.KerasTensor, mean: Sequence[float], std: Sequence[float]
+) -> keras.KerasTensor:
+    """``(x / 255 - mean) / std`` per channel, for images with values in [0, 255].
+
+    Uses keras.applications' layer pair (``rescaling`` + ``normalization``) with the statistics
+    held as the Normalization layer's non-trainable weights, so keras.applications weights port by
+    name and exported models need no client-side preprocessing.
+    """
+    if len(mean) != x.shape[-1] or len(std) != x.shape[-1]:
+        raise ValueError(f"mean {mean} and std {std} need one value per channel of {x.shape}.")
+    if min(std) <= 0:
+        raise ValueError(f"std must be positive, got {std}.")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+    norm = keras.layers.Normalization(axis=-1, name="normalization")
+    x = norm(x)
+    norm.adapt_mean.assign(np.asarray(mean, "float32"))
+    norm.adapt_variance.assign(np.square(np.asarray(std, "float32")))
+    norm.finalize_state()
+    return x
+
+
+def block_seed(seed: int | None, index: int) -> int | None:
+    """Seed of block ``index`` in a model built with ``seed`` (None: each layer draws its own)."""
+    return None if seed is None else seed * 100_003 + index
+
+
+def residual(
+    x: keras.KerasTensor,
+    branch_fn: Callable[[keras.KerasTensor], keras.KerasTensor],
+    *,
+    name: str,
+    survival_prob: float,
+    sd_mode: str,
+    sd_scale_at: str,
+    seed: int | None,
+    shortcut: keras.KerasTensor | None = None,
+    sync_replicas: bool = False,
+) -> keras.KerasTensor:
+    """``shortcut + branch_fn(x)`` with stochastic depth on the branch.
+
+    With ``survival_prob == 1.0`` the branch layers are inlined and joined by a plain ``Add``
+    (``{name}add``): no stochastic-depth layer at all. Otherwise the branch becomes a functional
+    sub-model ``{name}branch`` (its layers keep their own names, so weights still port by name)
+    wrapped in a `tfsd.layers.StochasticResidual` named ``{name}drop``, which skips the branch's
+    compute when a batch-mode gate drops it.
+    """
+    shortcut = x if shortcut is None else shortcut
+    if survival_prob == 1.0:
+        return keras.layers.Add(name=f"{name}add")([shortcut, branch_fn(x)])
+    inp = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}branch_input")
+    branch = keras.Model(inp, branch_fn(inp), name=f"{name}branch")
+    layer = sd_layers.StochasticResidual(
+        branch,
+        survival_prob,
+        mode=sd_mode,
+        scale_at=sd_scale_at,
+        sync_replicas=sync_replicas,
+        seed=seed,
+        name=f"{name}drop",
+    )
+    return layer(x, shortcut=None if shortcut is x else shortcut)
