@@ -17,6 +17,7 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         "ml-collections>=1.0,<2",
         "tensorflow-datasets>=4.9.9,<5",
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={
         "test": [

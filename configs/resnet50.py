@@ -1,0 +1,15 @@
+"""ResNet-50 (v1.5) on ImageNet with batch-wise stochastic depth (linear, p_L = 0.8), fb.resnet.torch recipe.
+
+Command:
+  python -m tfsd.train --config=configs/resnet50.py --model_dir=DIR --data_dir=TFDS_DIR
+  runlocal (offline synthetic data, 2 CPU cores): --config=resnet50:runlocal
+
+Expected top-1 error: ~23.9% (torchvision v1.5, 76.1% top-1, without stochastic depth).
+Run time: not measured here (no accelerator in this project's CI); 90 epochs at batch 256.
+"""
+
+from tfsd import config_lib
+
+
+def get_config(arg=None):
+    return config_lib.imagenet_resnet("resnet50", arg)

@@ -1,0 +1,322 @@
+"""Tests of the training CLI and loop: configs, overrides, resume, NaN, signals, precisions."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsd import config_lib, train
+from tfsd import data as data_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**changes):
+    """cifar10_resnet110:runlocal shrunk to a CIFAR ResNet-20 of width 0.25 at 16×16."""
+    c = train.load_config("cifar10_resnet110:runlocal")
+    c.model.name = "cifar_resnet20"
+    c.model.overrides.width = 0.25
+    c.model.image_size = 16
+    c.data.synthetic_train_size = 256
+    c.data.synthetic_eval_size = 64
+    c.batch_size = 16
+    c.steps_per_loop = 2
+    c.checkpoint_every_steps = 4
+    c.total_steps = 4
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _cli(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfsd.train", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+    )  # fmt: skip
+
+
+def _tiny_flags(model_dir, *extra):
+    return [
+        "--config=cifar10_resnet110:runlocal",
+        f"--model_dir={model_dir}",
+        "--config.model.name=cifar_resnet20",
+        "--config.model.overrides.width=0.25",
+        "--config.model.image_size=16",
+        "--config.data.synthetic_train_size=256",
+        "--config.data.synthetic_eval_size=32",
+        "--config.batch_size=16",
+        "--config.deterministic=True",
+        *extra,
+    ]
+
+
+# -------------------------------------------------------------------------------------------------
+# Config resolution and overrides.
+# -------------------------------------------------------------------------------------------------
+
+
+def test_every_config_resolves_and_validates():
+    names = train.available_configs()
+    expected = {f"efficientnet_b{i}" for i in range(8)} | {
+        "efficientnet_lite0", "resnet50", "resnet101", "resnet152",
+        "cifar10_resnet110", "cifar100_resnet110", "svhn_resnet152",
+    }  # fmt: skip
+    assert expected <= set(names)
+    for name in names:
+        for spec in (name, f"{name}:runlocal"):
+            c = train.load_config(spec)
+            config_lib.validate(c)
+            assert c.model.name
+        assert train.load_config(f"{name}:runlocal").data.name == "synthetic"
+    path = train.resolve_config_path("efficientnet_b0:runlocal")
+    assert path.endswith("configs/efficientnet_b0.py:runlocal")
+
+
+def test_unknown_config_names_close_matches():
+    with pytest.raises(ValueError, match="cifar10_resnet110"):
+        train.resolve_config_path("cifar10_resnet11")
+    with pytest.raises(ValueError, match="runlocal"):
+        train.load_config("efficientnet_b0:fast")
+
+
+def test_published_recipes():
+    b0 = train.load_config("efficientnet_b0")
+    assert (b0.optimizer.name, b0.optimizer.rho, b0.optimizer.momentum) == ("rmsprop", 0.9, 0.9)
+    assert b0.optimizer.epsilon == 1e-3 and b0.optimizer.weight_decay == 1e-5
+    assert b0.lr.base == 0.016 and b0.lr.scale_by_batch and b0.lr.warmup_epochs == 5
+    assert (b0.lr.decay_rate, b0.lr.decay_epochs) == (0.97, 2.4)
+    assert b0.label_smoothing == 0.1 and b0.ema_decay == 0.9999 and b0.num_epochs == 350
+    assert (b0.model.survival_prob, b0.model.sd_mode) == (0.8, "sample")
+    c10 = train.load_config("cifar10_resnet110")
+    assert c10.optimizer.nesterov and c10.lr.base == 0.1 and c10.batch_size == 128
+    assert tuple(c10.lr.step_boundaries) == (0.5, 0.75) and c10.num_epochs == 500
+    assert (c10.model.survival_prob, c10.model.sd_mode) == (0.5, "batch")
+    assert c10.optimizer.weight_decay == 1e-4
+
+
+def test_lr_schedules():
+    step = train.WarmupSchedule(0.1, 0, 100, "step", boundaries=(50, 75))
+    np.testing.assert_allclose([float(step(s)) for s in (0, 49, 50, 75, 99)],
+                               [0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)  # fmt: skip
+    warm = train.WarmupSchedule(0.2, 10, 100, "exponential", decay_rate=0.5, decay_steps=20)
+    np.testing.assert_allclose([float(warm(s)) for s in (0, 5, 10, 19, 20, 40)],
+                               [0.0, 0.1, 0.2, 0.2, 0.1, 0.05], rtol=1e-5)  # fmt: skip
+    cos = train.WarmupSchedule(1.0, 0, 100, "cosine")
+    np.testing.assert_allclose([float(cos(s)) for s in (0, 50, 100)], [1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_cli_override_typo_fails_with_close_match(tmp_path):
+    proc = _cli(["--config=cifar10_resnet110:runlocal", f"--model_dir={tmp_path}",
+                 "--config.lr.bse=0.5"])  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert 'Did you mean "base"' in out
+    proc = _cli(["--config=cifar10_resnet11", f"--model_dir={tmp_path}"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "cifar10_resnet110" in out
+
+
+def test_resume_with_different_config_fails_with_diff(tmp_path):
+    c = tiny_config()
+    train.check_or_write_config(c, str(tmp_path))
+    c.total_steps = 99  # run-length fields may change
+    c.eval_every_steps = 7
+    train.check_or_write_config(c, str(tmp_path))
+    c.lr.base = 0.5
+    c.model.survival_prob = 0.9
+    with pytest.raises(train.CheckpointError, match=r"lr\.base.*\n.*model\.survival_prob"):
+        train.check_or_write_config(c, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["lr"]["base"] != 0.5  # the saved config was not overwritten
+
+
+@pytest.mark.parametrize("name", sorted(train.available_configs()))
+def test_every_config_builds_model_and_pipeline_under_runlocal(name):
+    c = train.load_config(f"{name}:runlocal")
+    c.data.synthetic_train_size = 64
+    c.data.synthetic_eval_size = 16
+    c.batch_size = 8
+    task = train.build_task(c, None)
+    ds = data_lib.build_dataset(c.data, split="train", global_batch_size=8,
+                                image_size=c.model.image_size, seed=0)  # fmt: skip
+    images, labels = next(iter(ds))
+    assert images.shape == (8, c.model.image_size, c.model.image_size, 3)
+    logits = task.model(images, training=False)
+    assert logits.shape == (8, 10) and logits.dtype == tf.float32
+    assert np.all(np.isfinite(logits.numpy()))
+    assert task.model.name == c.model.name
+
+
+# -------------------------------------------------------------------------------------------------
+# The loop in process.
+# -------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoints_summaries_and_resumes(tmp_path):
+    result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert result["step"] == 4 and 0.0 <= result["top1"] <= 1.0 and result["examples"] == 64
+    ckpts = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
+    assert ckpts.model_checkpoint_path.endswith("ckpt-4")
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
+    # Running again with a longer total resumes from step 4 rather than starting over.
+    result = train.train_and_evaluate(tiny_config(total_steps=6), str(tmp_path))
+    assert result["step"] == 6
+    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 6
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"precision": "float16"},
+        {"precision": "bfloat16", "ema_decay": 0.9},
+        {"jit_compile": True},
+        {"model.sd_mode": "sample", "model.sd_scale_at": "train", "label_smoothing": 0.1},
+        {"optimizer.name": "rmsprop", "lr.warmup_epochs": 0.5, "lr.schedule": "exponential"},
+        {"distribute.strategy": "mirrored", "optimizer.name": "adamw", "lr.base": 1e-3},
+    ],
+    ids=["float16", "bfloat16_ema", "xla", "sample_smoothing", "rmsprop", "mirrored_adamw"],
+)
+def test_train_variants_run_and_stay_finite(tmp_path, changes):
+    result = train.train_and_evaluate(tiny_config(total_steps=2, **changes), str(tmp_path))
+    assert result["step"] == 2 and np.isfinite(result["loss"])
+
+
+def test_ema_is_used_for_eval_and_weights_restored(tmp_path):
+    c = tiny_config(ema_decay=0.5, total_steps=2)
+    task = train.build_task(c, None)
+    before = [v.numpy().copy() for v in task.model.trainable_variables]
+    for s in task.ema.shadows:
+        s.assign(s.value * 0.0 + 1.0)
+    ds = task.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.build_dataset(c.data, split="eval", global_batch_size=16,
+                                           image_size=16, input_context=ctx)  # fmt: skip
+    )
+    seen = []
+    eval_step = train.make_eval_fn(task)
+
+    def spy(batch):
+        seen.append(task.model.trainable_variables[0].numpy().copy())
+        return eval_step(batch)
+
+    train.evaluate(task, ds, spy, max_steps=1)
+    np.testing.assert_array_equal(seen[0], np.ones_like(seen[0]))  # evaluated with the shadows
+    for v, b in zip(task.model.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    c = tiny_config(total_steps=40, steps_per_loop=1, checkpoint_every_steps=1)
+    c.lr.base = 1e12
+    c.lr.schedule = "constant"
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train.train_and_evaluate(c, str(tmp_path))
+    state = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
+    if state is not None:  # every checkpoint that was written holds finite weights
+        reader = tf.train.load_checkpoint(state.model_checkpoint_path)
+        for key in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(key)
+            if "model/" in key and np.asarray(value).dtype.kind == "f":
+                assert np.all(np.isfinite(value)), key
+
+
+def test_corrupt_checkpoint_gives_clear_error_and_deletes_nothing(tmp_path):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    ckpt_dir = tmp_path / "checkpoints"
+    data_file = next(ckpt_dir.glob("ckpt-4.data-*"))
+    data_file.write_bytes(b"garbage" * 10)
+    files = sorted(p.name for p in ckpt_dir.iterdir())
+    with pytest.raises(train.CheckpointError, match="Nothing was deleted"):
+        train.train_and_evaluate(tiny_config(total_steps=8), str(tmp_path))
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == files
+
+
+def test_incompatible_checkpoint_gives_clear_error(tmp_path):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    (tmp_path / "config.json").unlink()  # pretend the directory came from elsewhere
+    with pytest.raises(train.CheckpointError, match="different model"):
+        train.train_and_evaluate(tiny_config(**{"model.overrides.width": 0.5}), str(tmp_path))
+
+
+def test_tfds_source_through_the_loop(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = tiny_config(total_steps=2)
+    c.data.name = "cifar10"
+    c.data.num_classes = None
+    with tfds.testing.mock_data(num_examples=64):
+        result = train.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 2 and result["examples"] > 0
+
+
+# -------------------------------------------------------------------------------------------------
+# Processes: SIGTERM, SIGKILL and exact resume.
+# -------------------------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, proc, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return predicate()
+        time.sleep(0.05)
+    return False
+
+
+def _latest_step(model_dir):
+    state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+    return None if state is None else int(state.model_checkpoint_path.rsplit("-", 1)[1])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits(tmp_path):
+    proc = _cli(_tiny_flags(tmp_path, "--config.total_steps=100000",
+                            "--config.checkpoint_every_steps=100000",
+                            "--config.steps_per_loop=2"))  # fmt: skip
+    assert _wait_for(lambda: list((tmp_path / "train").glob("events.*")), proc, 300)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    step = _latest_step(str(tmp_path))
+    assert step is not None and 0 < step < 100000
+    assert "checkpoint saved" in out
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill_is_bit_identical(tmp_path):
+    n = 4
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    flags = ["--config.steps_per_loop=1", f"--config.checkpoint_every_steps={n}"]
+    proc = _cli(_tiny_flags(killed, "--config.total_steps=100000", *flags))
+    assert _wait_for(lambda: _latest_step(str(killed)) is not None, proc, 300)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    k = _latest_step(str(killed))
+    assert k is not None and k % n == 0
+    target = k + n
+    for model_dir in (killed, straight):
+        proc = _cli(_tiny_flags(model_dir, f"--config.total_steps={target}", *flags))
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    a = tf.train.load_checkpoint(str(killed / "checkpoints" / f"ckpt-{target}"))
+    b = tf.train.load_checkpoint(str(straight / "checkpoints" / f"ckpt-{target}"))
+    keys = [k for k in a.get_variable_to_shape_map() if "model/" in k or "optimizer/" in k]
+    assert len(keys) > 20
+    for key in keys:
+        np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key), err_msg=key)

@@ -1,0 +1,293 @@
+"""Training configurations: the schema, the published recipes and their ``runlocal`` modes.
+
+Config files in ``configs/`` are one-liners over the recipes here, so each hyperparameter is
+written once. Sources (see ``../shared/REFERENCES.md``):
+
+* EfficientNet: Tan & Le 2019 and the TF TPU reference (RMSProp decay 0.9 / momentum 0.9 /
+  eps 1e-3, lr 0.016 × batch / 256 with 5 warm-up epochs and ×0.97 every 2.4 epochs, weight
+  decay 1e-5, label smoothing 0.1, EMA 0.9999, 350 epochs, RandAugment, bfloat16, drop-connect
+  0.2 → survival 0.8 per sample).
+* CIFAR / SVHN ResNets: Huang et al. 2016 (SGD with Nesterov momentum 0.9, lr 0.1 divided by 10
+  at 50% and 75% of 500 epochs, batch 128, weight decay 1e-4, linear decay to p_L = 0.5, whole
+  batch gates).
+* ImageNet ResNets: fb.resnet.torch, the recipe of the paper's ImageNet experiment (SGD momentum
+  0.9, lr 0.1 × batch / 256 divided by 10 every 30 of 90 epochs, weight decay 1e-4).
+
+Every recipe accepts the argument ``runlocal``: the same model family shrunk in width and
+resolution, on the offline ``synthetic`` dataset, sized to train in a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tfsd import data as data_lib
+
+# Fields that may differ between a run and its resumption: they change how long a run goes and
+# how it reports, never what one training step computes.
+RUN_LENGTH_FIELDS = (
+    "total_steps",
+    "steps_per_loop",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_steps",
+    "eval_steps",
+    "log_every_steps",
+)
+PRECISIONS = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
+STRATEGIES = ("default", "mirrored", "one_device")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every training field with its default; recipes below fill in the published values."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Model: a registry key of tfsd.models plus stochastic-depth settings (see create_model).
+    c.model = ml_collections.ConfigDict()
+    c.model.name = ""
+    c.model.num_classes = 0  # 0: take the dataset's class count
+    c.model.image_size = 224
+    c.model.survival_prob = 1.0  # p_L; 1.0 turns stochastic depth off
+    c.model.sd_mode = "batch"
+    c.model.sd_scale_at = "inference"
+    c.model.overrides = ml_collections.ConfigDict()  # builder keyword arguments (width, ...)
+    c.data = data_lib.default_config()
+    c.batch_size = 128  # global, over all replicas
+    c.num_epochs = 1.0  # the schedule's length
+    c.total_steps = 0  # where to stop; 0 = num_epochs worth of steps (run-length field)
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.rho = 0.9  # RMSProp decay
+    c.optimizer.epsilon = 1e-3  # RMSProp / AdamW epsilon
+    c.optimizer.weight_decay = 1e-4  # L2 term 0.5·wd·Σw² in the loss; BN and biases excluded
+    c.optimizer.grad_clip_norm = 0.0  # 0 = off
+    c.lr = ml_collections.ConfigDict()
+    c.lr.base = 0.1  # per 256 examples when scale_by_batch, else absolute
+    c.lr.scale_by_batch = False  # lr = base × batch_size / 256
+    c.lr.warmup_epochs = 0.0
+    c.lr.schedule = "step"
+    c.lr.step_boundaries = (0.5, 0.75)  # fractions of num_epochs
+    c.lr.step_factor = 0.1
+    c.lr.decay_rate = 0.97  # exponential: × decay_rate every decay_epochs (staircase)
+    c.lr.decay_epochs = 2.4
+    c.label_smoothing = 0.0
+    c.ema_decay = 0.0  # 0 = no EMA; else eval and export use the EMA weights
+    c.precision = "float32"
+    c.jit_compile = False  # XLA; off by default on CPU, where it is several times slower
+    c.steps_per_loop = 50  # training steps per host call (run-length field)
+    c.log_every_steps = 0  # 0 = after every host loop
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.eval_every_steps = 0  # 0 = at the end only
+    c.eval_steps = 0  # 0 = the whole eval split
+    c.deterministic = False  # tf.config.experimental.enable_op_determinism()
+    c.distribute = ml_collections.ConfigDict()
+    c.distribute.strategy = "default"
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field of a resolved config."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"Invalid config: {msg}")
+
+    need(bool(c.model.name), "model.name is empty")
+    need(c.model.image_size >= 8, f"model.image_size={c.model.image_size} must be >= 8")
+    need(0.0 < c.model.survival_prob <= 1.0, "model.survival_prob must be in (0, 1]")
+    need(c.model.sd_mode in ("batch", "sample"), f"model.sd_mode={c.model.sd_mode!r}")
+    need(c.model.sd_scale_at in ("inference", "train"), f"model.sd_scale_at={c.model.sd_scale_at!r}")
+    need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
+    need(c.num_epochs > 0, f"num_epochs={c.num_epochs} must be > 0")
+    need(c.total_steps >= 0, f"total_steps={c.total_steps} must be >= 0")
+    need(c.optimizer.name in OPTIMIZERS, f"optimizer.name={c.optimizer.name!r} not in {OPTIMIZERS}")
+    need(c.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+    need(c.lr.base > 0, "lr.base must be > 0")
+    need(c.lr.schedule in LR_SCHEDULES, f"lr.schedule={c.lr.schedule!r} not in {LR_SCHEDULES}")
+    need(c.lr.warmup_epochs >= 0, "lr.warmup_epochs must be >= 0")
+    need(
+        list(c.lr.step_boundaries) == sorted(c.lr.step_boundaries)
+        and all(0 < b < 1 for b in c.lr.step_boundaries),
+        "lr.step_boundaries must be increasing fractions in (0, 1)",
+    )
+    need(0.0 <= c.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
+    need(0.0 <= c.ema_decay < 1.0, "ema_decay must be in [0, 1)")
+    need(c.precision in PRECISIONS, f"precision={c.precision!r} not in {PRECISIONS}")
+    need(c.steps_per_loop >= 1, "steps_per_loop must be >= 1")
+    need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1")
+    need(c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+    need(
+        c.distribute.strategy in STRATEGIES,
+        f"distribute.strategy={c.distribute.strategy!r} not in {STRATEGIES}",
+    )
+
+
+def _check_arg(arg: str | None) -> bool:
+    if arg in (None, ""):
+        return False
+    if arg == "runlocal":
+        return True
+    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
+
+
+def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
+    """Shrinks ``c`` in place to train on the offline synthetic dataset on 2 CPU cores."""
+    c.data.name = "synthetic"
+    c.data.num_classes = 10
+    c.data.randaugment_num_ops = 0
+    c.data.mixup_alpha = 0.0
+    c.data.cutmix_alpha = 0.0
+    c.model.num_classes = 0
+    c.model.image_size = 32
+    for key, value in model_overrides.items():
+        c.model.overrides[key] = value
+    c.batch_size = 64
+    c.precision = "float32"
+    c.lr.scale_by_batch = False
+    c.ema_decay = 0.0
+    c.steps_per_loop = 25
+    c.checkpoint_every_steps = 200
+    c.eval_steps = 0
+
+
+# -------------------------------------------------------------------------------------------------
+# Recipes.
+# -------------------------------------------------------------------------------------------------
+
+EFFICIENTNET_RESOLUTION = {
+    "efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260,
+    "efficientnet_b3": 300, "efficientnet_b4": 380, "efficientnet_b5": 456,
+    "efficientnet_b6": 528, "efficientnet_b7": 600, "efficientnet_lite0": 224,
+    "efficientnet_lite1": 240, "efficientnet_lite2": 260, "efficientnet_lite3": 280,
+    "efficientnet_lite4": 300,
+}  # fmt: skip
+
+
+def efficientnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The EfficientNet TPU recipe on ImageNet for ``model_name``."""
+    c = base_config()
+    c.model.name = model_name
+    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
+    c.model.survival_prob = 0.8  # drop-connect rate 0.2, per sample, EfficientNet schedule
+    c.model.sd_mode = "sample"
+    c.model.sd_scale_at = "train"
+    c.data.name = "imagenet2012"
+    c.data.randaugment_num_ops = 2
+    c.data.randaugment_magnitude = 9
+    c.batch_size = 4096
+    c.num_epochs = 350.0
+    c.optimizer.name = "rmsprop"
+    c.optimizer.rho = 0.9
+    c.optimizer.momentum = 0.9
+    c.optimizer.epsilon = 1e-3
+    c.optimizer.weight_decay = 1e-5
+    c.lr.base = 0.016
+    c.lr.scale_by_batch = True
+    c.lr.warmup_epochs = 5.0
+    c.lr.schedule = "exponential"
+    c.lr.decay_rate = 0.97
+    c.lr.decay_epochs = 2.4
+    c.label_smoothing = 0.1
+    c.ema_decay = 0.9999
+    c.precision = "bfloat16"
+    c.steps_per_loop = 500
+    c.checkpoint_every_steps = 5000
+    if _check_arg(arg):
+        _runlocal(c, width=0.25, depth=0.25)
+        c.optimizer.name = "sgd"  # RMSProp with warm-up is tuned for 350 epochs, not 3 minutes
+        c.optimizer.nesterov = True
+        c.lr.base = 0.05
+        c.lr.warmup_epochs = 0.5
+        c.lr.schedule = "cosine"
+        c.label_smoothing = 0.0
+        c.data.synthetic_train_size = 8192
+        c.data.synthetic_eval_size = 1024
+        c.num_epochs = 4.0
+    return c
+
+
+def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
+    """The stochastic-depth paper's CIFAR recipe for ``model_name`` on ``dataset``."""
+    c = base_config()
+    c.model.name = model_name
+    c.model.image_size = 32
+    c.model.survival_prob = 0.5
+    c.model.sd_mode = "batch"
+    c.model.sd_scale_at = "inference"
+    if dataset == "cifar100":
+        c.model.overrides.mean = (0.5071, 0.4865, 0.4409)
+        c.model.overrides.std = (0.2673, 0.2564, 0.2762)
+    c.data.name = dataset
+    c.batch_size = 128
+    c.num_epochs = 500.0
+    c.optimizer.name = "sgd"
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 1e-4
+    c.lr.base = 0.1
+    c.lr.schedule = "step"
+    c.lr.step_boundaries = (0.5, 0.75)
+    c.steps_per_loop = 100
+    c.checkpoint_every_steps = 2000
+    if _check_arg(arg):
+        _runlocal(c, width=0.5)
+        c.data.synthetic_train_size = 8192
+        c.data.synthetic_eval_size = 1024
+        c.num_epochs = 4.0
+        c.lr.schedule = "cosine"
+    return c
+
+
+def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The paper's SVHN recipe: 50 epochs on train+extra, lr ÷10 at epochs 30 and 35."""
+    c = cifar_resnet("svhn_cropped", model_name)
+    c.model.overrides.mean = (0.4377, 0.4438, 0.4728)
+    c.model.overrides.std = (0.1980, 0.2010, 0.1970)
+    c.data.train_split = "train+extra"
+    c.num_epochs = 50.0
+    c.lr.step_boundaries = (0.6, 0.7)
+    c.checkpoint_every_steps = 5000
+    if _check_arg(arg):
+        _runlocal(c, width=0.25)
+        c.data.synthetic_train_size = 8192
+        c.data.synthetic_eval_size = 1024
+        c.num_epochs = 3.0
+        c.lr.schedule = "cosine"
+    return c
+
+
+def imagenet_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """fb.resnet.torch's ImageNet recipe (the paper's ImageNet experiment) for ``model_name``."""
+    c = base_config()
+    c.model.name = model_name
+    c.model.image_size = 224
+    c.model.survival_prob = 0.8
+    c.model.sd_mode = "batch"
+    c.model.sd_scale_at = "inference"
+    c.data.name = "imagenet2012"
+    c.batch_size = 256
+    c.num_epochs = 90.0
+    c.optimizer.name = "sgd"
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 1e-4
+    c.lr.base = 0.1
+    c.lr.scale_by_batch = True
+    c.lr.schedule = "step"
+    c.lr.step_boundaries = (1 / 3, 2 / 3)
+    c.steps_per_loop = 500
+    c.checkpoint_every_steps = 5000
+    if _check_arg(arg):
+        _runlocal(c, width=0.125)
+        c.data.synthetic_train_size = 8192
+        c.data.synthetic_eval_size = 1024
+        c.num_epochs = 3.0
+        c.lr.schedule = "cosine"
+        c.lr.base = 0.05
+        c.lr.warmup_epochs = 0.25
+    return c

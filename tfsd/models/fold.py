@@ -1,0 +1,124 @@
+"""Folding stochastic depth into the weights of an inference model, for export.
+
+With the paper's scaling (``scale_at="inference"``) an inference block computes
+``shortcut + p * branch(x)``. Since the branch ends in an affine op (BatchNormalization, or a
+Dense/Conv with bias), ``p * branch(x)`` equals the same branch with that op's scale and shift
+multiplied by p. `fold_stochastic_depth` returns a copy of a model in which every block's p is
+folded that way and every stochastic-depth layer computes a plain ``shortcut + branch(x)``: the
+served graph has no stochastic-depth op and no extra multiply (as in TF Serving exports of the
+EfficientNet reference, where inverted scaling gives the same property).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfsd import layers as sd_layers
+from tfsd.models.weights import scale_branch_output
+
+
+def _refresh_normalization(model: keras.Model) -> None:
+    # keras' Normalization snapshots its adapted mean/variance as constants in finalize_state();
+    # after set_weights() they must be re-snapshotted or the old statistics stay in use.
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
+
+
+def fold_stochastic_depth(model: keras.Model) -> keras.Model:
+    """Returns an inference copy of ``model`` with every survival factor folded into weights.
+
+    * `StochasticResidual` with ``scale_at="inference"``: p is folded into the last affine op of
+      its branch (BatchNormalization gamma and beta, or a Dense/Conv kernel and bias), and the
+      layer is rebuilt with ``survival_prob=1.0`` (an exact ``shortcut + branch(x)``).
+    * `StochasticResidual` with ``scale_at="train"``: inference is already the plain sum; the layer
+      is rebuilt with ``survival_prob=1.0``.
+    * `StochasticDepth` (the ``[shortcut, residual]`` form): replaced by ``keras.layers.Add``
+      with p folded into the layer that produced the residual.
+
+    The input model is not modified. Outputs of the folded model equal ``model(x,
+    training=False)`` up to float rounding (tested within 1e-5).
+
+    Args:
+      model: a functional Keras model.
+
+    Returns:
+      A new functional model with the same layer names and no stochastic-depth randomness.
+
+    Raises:
+      ValueError: if a block's branch does not end in a foldable affine op.
+      NotImplementedError: for stochastic-depth layers nested inside a sub-model's branch (the
+        builders in this package never create them).
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or not model.inputs:
+        raise ValueError("fold_stochastic_depth needs a functional keras.Model.")
+    top = {layer.name: layer for layer in model.layers}
+    for layer in sd_layers.stochastic_depth_layers(model):
+        if layer.name not in top:
+            raise NotImplementedError(
+                f"Stochastic-depth layer {layer.name!r} is nested inside a sub-model; folding "
+                "handles layers at the top level of the model only."
+            )
+
+    # Residual producers of pair-form StochasticDepth layers, found in the original graph.
+    pair_producers: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, sd_layers.StochasticDepth) and not isinstance(
+            layer, sd_layers.StochasticResidual
+        ):
+            residual = layer._inbound_nodes[0].arguments.args[0][1]
+            pair_producers[layer.name] = residual._keras_history.operation.name
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, sd_layers.StochasticResidual):
+            config = layer.get_config()
+            config["survival_prob"] = 1.0
+            return sd_layers.StochasticResidual.from_config(config)
+        if isinstance(layer, sd_layers.StochasticDepth):
+            return keras.layers.Add(name=layer.name, dtype=layer.dtype_policy)
+        return layer.__class__.from_config(layer.get_config())
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    # Weights in model order, minus the step/keep-rate state of replaced pair layers.
+    dropped = {
+        id(v)
+        for l in model.layers
+        if l.name in pair_producers
+        for v in l.weights
+    }
+    folded.set_weights([v.numpy() for v in model.weights if id(v) not in dropped])
+    _refresh_normalization(folded)
+
+    for layer in model.layers:
+        if not isinstance(layer, sd_layers.StochasticDepth) or layer.scale_at != "inference":
+            continue
+        if layer.survival_prob == 1.0:
+            continue
+        if isinstance(layer, sd_layers.StochasticResidual):
+            scale_branch_output(folded.get_layer(layer.name), layer.survival_prob)
+        else:
+            producer = folded.get_layer(pair_producers[layer.name])
+            _scale_affine(producer, layer.survival_prob, context=layer.name)
+    return folded
+
+
+def _scale_affine(layer: keras.layers.Layer, factor: float, context: str) -> None:
+    """Multiplies the output of an affine ``layer`` by ``factor`` through its weights."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        if not (layer.scale and layer.center):
+            raise ValueError(f"{context}: BatchNormalization {layer.name!r} needs scale and center.")
+        layer.gamma.assign(layer.gamma * factor)
+        layer.beta.assign(layer.beta * factor)
+        return
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        kernel = getattr(layer, "depthwise_kernel", None)
+    if kernel is None or getattr(layer, "activation", None) not in (None, keras.activations.linear):
+        raise ValueError(
+            f"{context}: cannot fold the survival factor into {layer.name!r} "
+            f"({type(layer).__name__}); the residual must come from an affine layer "
+            "(BatchNormalization, or Dense/Conv without activation)."
+        )
+    kernel.assign(kernel * factor)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.assign(layer.bias * factor)
