@@ -433,7 +433,15 @@ def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0) -> dict[str, fl
 
 
 def make_checkpoint(task: Task, iterator) -> tf.train.Checkpoint:
-    items = dict(model=task.model, optimizer=task.optimizer, step=task.step, iterator=iterator)
+    items = dict(model=task.model, optimizer=task.optimizer, step=task.step)
+    if isinstance(iterator, tf.__internal__.tracking.Trackable):
+        items["iterator"] = iterator  # exact data position on resume
+    else:
+        logging.warning(
+            "%s cannot checkpoint its input iterator: a resumed run restarts the data stream "
+            "(model, optimizer and stochastic-depth state are still restored exactly).",
+            type(task.strategy).__name__,
+        )
     if task.ema is not None:
         items["ema"] = task.ema.shadows
     return tf.train.Checkpoint(**items)
