@@ -139,7 +139,7 @@ def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
     """Shrinks ``c`` in place to train on the offline synthetic dataset on 2 CPU cores."""
     c.data.name = "synthetic"
     c.data.num_classes = 10
-    c.data.randaugment_num_ops = 0
+    c.data.randaugment_magnitude = 0.0
     c.data.mixup_alpha = 0.0
     c.data.cutmix_alpha = 0.0
     c.model.num_classes = 0
@@ -235,10 +235,14 @@ def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
     c.steps_per_loop = 100
     c.checkpoint_every_steps = 2000
     if _check_arg(arg):
-        _runlocal(c, width=0.5)
+        # ResNet-20 (n = 3) of the same family: ResNet-110 needs the paper's 0.01 warm-up and
+        # hundreds of epochs; ResNet-20 reaches ~99% on synthetic data in ~3 minutes on 2 cores.
+        _runlocal(c)
+        c.model.name = "cifar_resnet20"
         c.data.synthetic_train_size = 8192
         c.data.synthetic_eval_size = 1024
-        c.num_epochs = 4.0
+        c.num_epochs = 3.0
+        c.lr.warmup_epochs = 0.5
         c.lr.schedule = "cosine"
     return c
 
@@ -253,11 +257,7 @@ def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.Confi
     c.lr.step_boundaries = (0.6, 0.7)
     c.checkpoint_every_steps = 5000
     if _check_arg(arg):
-        _runlocal(c, width=0.25)
-        c.data.synthetic_train_size = 8192
-        c.data.synthetic_eval_size = 1024
-        c.num_epochs = 3.0
-        c.lr.schedule = "cosine"
+        c = cifar_resnet("svhn_cropped", model_name, arg)
     return c
 
 

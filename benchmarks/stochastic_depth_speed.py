@@ -1,0 +1,364 @@
+"""Training-step speed of stochastic depth: tfsd batch skip vs sample mode vs keras-cv vs none.
+
+What is measured (CPU, TensorFlow graph mode, no XLA). One training step is a ``tf.function`` of
+forward pass + ``SparseCategoricalCrossentropy(from_logits=True)`` + gradient + SGD (momentum 0.9)
+update, on a fixed batch of random images with values in [0, 255] and random labels.
+
+* CIFAR ResNet-110 (54 basic blocks, 1.7M parameters), batch 64 at 32×32, four variants:
+
+  - ``no_sd``: ``create_model("cifar_resnet110", survival_prob=1.0)``, plain ``Add`` residuals
+    (the baseline every ratio of this group is taken against);
+  - ``keras_cv``: the same architecture built from tfsd's own CIFAR block pieces, but each
+    residual joined by ``keras_cv.layers.StochasticDepth(rate=1 - p_l)`` with the paper's linear
+    rule (p_L = 0.5). keras-cv multiplies the residual by a batch-wise Bernoulli mask, so every
+    branch is always computed: no saving expected (≈ 1.00×);
+  - ``tfsd_sample``: ``sd_mode="sample"`` (one gate per example, mask multiply, always computed);
+    target ≤ 1.03×, i.e. the gate machinery costs at most 3%;
+  - ``tfsd_batch_skip``: ``sd_mode="batch"``, p_L = 0.5 linear; a dropped block's branch is skipped
+    by ``tf.cond``, forward and backward. Expected active fraction of blocks is
+    sum(p_l) / L = 0.75 (0.7546 for L = 54), so the physical limit on the step time is ≈ 0.75× of
+    the block compute plus the un-droppable stem, head, loss and optimizer; the paper (Huang et
+    al. 2016, "Deep Networks with Stochastic Depth", Table 2) measured 0.73× (≈ 25% speedup) on
+    GPU in Torch. Target ≤ 0.80×. The table also prints the mean active-block fraction actually
+    realised over the timed steps (sum of the layers' ``keep_rate`` / L), since the speedup
+    scales with it.
+
+* EfficientNet-B0: ``create_model("efficientnet_b0", num_classes=1000)`` (per-sample stochastic
+  depth, survival 0.8, inverted scaling: the tfsd defaults) vs
+  ``keras.applications.EfficientNetB0(weights=None, classifier_activation=None)`` (its own
+  drop-connect 0.2, implemented as ``Dropout(noise_shape=(None, 1, 1, 1))``), same loop, same
+  batch (default 8 images at 128×128 to fit a 2-core CPU; ``--effnet-batch``/``--effnet-size``).
+  Target: tfsd B0 ≤ 1.00× keras.applications B0.
+
+Noise control. Every variant is warmed up (``--warmup`` steps, which also traces the graph), then
+the variants are run **round-robin**: ``--rounds`` rounds (default 10), each running ``--steps``
+(default 3) consecutive steps of every variant (the order rotates each round); short rounds spread
+bursts of background load over all variants. Each step is timed individually (the loss
+is fetched, which waits for the step to finish) and the table reports the **median** step time per
+variant, so background load hits all variants alike. Ratios are medians over medians.
+
+How to run (from the repository root, in the project's virtualenv)::
+
+    python benchmarks/stochastic_depth_speed.py             # full run, ~10-15 min on 2 cores
+    python benchmarks/stochastic_depth_speed.py --quick     # smoke run (ResNet-20, tiny B0), ~3 min
+    python benchmarks/stochastic_depth_speed.py --rounds 20 --steps 2 --output /tmp/sd.json
+
+How to read it. ``ratio`` is the variant's median ms/step over its group's baseline (``no_sd`` for
+ResNet-110, ``keras.applications B0`` for EfficientNet). Below 1 is faster. ``pass`` compares with
+the target. The JSON (default ``benchmarks/results/stochastic_depth_speed.json``) holds the same
+rows plus every individual step time, quartiles, the configuration and the machine. CPU numbers
+are not GPU numbers: per-op overheads (``tf.cond``, BatchNorm, small 16-channel convolutions at
+batch 64) weigh more on CPU, and the result depends on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from tfsd import layers as sd_layers
+from tfsd.models import create_model
+from tfsd.models import common
+from tfsd.models import resnet as tfsd_resnet
+
+# -------------------------------------------------------------------------------------------------
+# The keras-cv variant: tfsd's CIFAR ResNet, residuals joined by keras_cv's StochasticDepth.
+# -------------------------------------------------------------------------------------------------
+
+
+def _keras_cv_stochastic_depth() -> tuple[Callable[..., keras.layers.Layer], str]:
+    """keras_cv.layers.StochasticDepth, or an inline copy of its semantics if it cannot import."""
+    try:
+        from keras_cv.layers import StochasticDepth  # noqa: PLC0415
+
+        import keras_cv  # noqa: PLC0415
+
+        return StochasticDepth, f"keras_cv.layers.StochasticDepth (keras-cv {keras_cv.__version__})"
+    except Exception as e:  # pragma: no cover - depends on the installed keras-cv
+        reason = f"{type(e).__name__}: {e}"
+
+    class InlineKerasCvStochasticDepth(keras.layers.Layer):
+        """keras-cv 0.9 semantics: ``shortcut + b * residual``, b ~ Bernoulli(1 - rate) per batch."""
+
+        def __init__(self, rate: float = 0.5, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.rate = rate
+            self.survival_probability = 1.0 - rate
+
+        def call(self, x, training=None):
+            shortcut, residual = x
+            if training:
+                b = tf.cast(tf.random.uniform([]) <= self.survival_probability, residual.dtype)
+                return shortcut + b * residual
+            return shortcut + self.survival_probability * residual
+
+    return InlineKerasCvStochasticDepth, f"inline copy of keras-cv semantics ({reason})"
+
+
+def cifar_resnet_keras_cv(depth: int, num_classes: int, final_survival: float) -> keras.Model:
+    """CIFAR ResNet-``depth`` exactly as `tfsd.models.resnet.cifar_resnet` builds it, except that
+    every block's residual is joined by keras-cv's mask-multiply ``StochasticDepth`` (the branch is
+    always computed) with the paper's linear survival rule over all L blocks."""
+    sd_cls, _ = _keras_cv_stochastic_depth()
+    stages = tfsd_resnet.cifar_stages((depth - 2) // 6)
+    num_blocks = sum(s.blocks for s in stages)
+    rates = sd_layers.survival_schedule(num_blocks, final_survival, "linear")
+    ops = tfsd_resnet._Ops(0.9, 1e-5, False, "fan_in")  # cifar_resnet's settings
+    tfsd_resnet._ensure_recursion_limit(num_blocks)
+    inputs = keras.Input(shape=(32, 32, 3), name="images")
+    x = common.normalize_pixels(inputs, common.CIFAR10_MEAN, common.CIFAR10_STD)
+    x = ops.conv_bn(x, 16, 3, 1, "conv1")
+    index = 0
+    for s, stage in enumerate(stages):
+        for b in range(stage.blocks):
+            stride = stage.stride if b == 0 else 1
+            prefix = f"conv{s + 2}_block{b + 1}_"
+            shortcut = tfsd_resnet._shortcut(ops, x, "pad", stage.channels, stride, prefix)
+            shortcut = x if shortcut is None else shortcut
+            residual = tfsd_resnet._branch_fn(ops, "basic", stage.channels, stride, prefix, False)(x)
+            x = sd_cls(rate=1.0 - rates[index], name=f"{prefix}drop")([shortcut, residual])
+            x = keras.layers.ReLU(name=f"{prefix}out")(x)
+            index += 1
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"cifar_resnet{depth}_keras_cv")
+
+
+# -------------------------------------------------------------------------------------------------
+# The training step and the interleaved timing loop.
+# -------------------------------------------------------------------------------------------------
+
+
+class Variant:
+    """One model + its compiled training step + its fixed batch."""
+
+    def __init__(self, name: str, group: str, model: keras.Model, batch: int, size: int,
+                 num_classes: int, target: float | None, note: str = ""):
+        self.name, self.group, self.model = name, group, model
+        self.target, self.note = target, note
+        rng = np.random.default_rng(0)
+        self.x = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
+        self.y = tf.constant(rng.integers(0, num_classes, (batch,)).astype("int32"))
+        self.optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        self.optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        variables = model.trainable_variables
+
+        @tf.function(jit_compile=False, reduce_retracing=True)
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        self._step = step
+        self.sd = sd_layers.stochastic_depth_layers(model)
+        self.times: list[float] = []
+        self.active: list[float] = []  # realised fraction of kept gates per step (tfsd layers)
+
+    def run(self, n: int, record: bool) -> None:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loss = self._step(self.x, self.y).numpy()
+            dt = time.perf_counter() - t0
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{self.name}: non-finite loss {loss}")
+            if record:
+                self.times.append(dt)
+                if self.sd:  # read outside the timed region
+                    self.active.append(
+                        float(sum(l.keep_rate.numpy() for l in self.sd)) / len(self.sd)
+                    )
+
+    def summary(self) -> dict[str, Any]:
+        q = np.percentile(np.asarray(self.times) * 1e3, [25, 50, 75])
+        out = {
+            "variant": self.name,
+            "group": self.group,
+            "median_ms": float(q[1]),
+            "p25_ms": float(q[0]),
+            "p75_ms": float(q[2]),
+            "min_ms": float(min(self.times) * 1e3),
+            "n_steps": len(self.times),
+            "params": int(self.model.count_params()),
+            "note": self.note,
+            "step_ms": [round(t * 1e3, 3) for t in self.times],
+        }
+        if self.sd:
+            out["num_sd_layers"] = len(self.sd)
+            out["expected_active_fraction"] = sum(l.survival_prob for l in self.sd) / len(self.sd)
+            out["mean_active_fraction"] = statistics.fmean(self.active)
+        return out
+
+
+def timed_interleaved(variants: list[Variant], warmup: int, rounds: int, steps: int) -> None:
+    for v in variants:
+        t0 = time.perf_counter()
+        v.run(warmup, record=False)
+        print(f"  warm-up {v.name}: {warmup} steps incl. tracing, {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            v.run(steps, record=True)
+        print(f"  round {r + 1}/{rounds}: "
+              + ", ".join(f"{v.name} {np.median(v.times) * 1e3:.0f} ms" for v in variants),
+              flush=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Main.
+# -------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
+    p.add_argument("--rounds", type=int, default=10, help="round-robin rounds")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (tracing)")
+    p.add_argument("--batch", type=int, default=64, help="CIFAR ResNet batch size")
+    p.add_argument("--depth", type=int, default=110, help="CIFAR ResNet depth (6n + 2)")
+    p.add_argument("--final-survival", type=float, default=0.5, help="p_L of the linear rule")
+    p.add_argument("--effnet-batch", type=int, default=8, help="EfficientNet batch size")
+    p.add_argument("--effnet-size", type=int, default=128, help="EfficientNet input resolution")
+    p.add_argument("--skip-effnet", action="store_true", help="only the ResNet group")
+    p.add_argument("--output", default="benchmarks/results/stochastic_depth_speed.json")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke mode: ResNet-20, 2 rounds x 3 steps, B0 at 64x64 batch 4")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.warmup = 3, 2, 2
+        args.depth, args.effnet_batch, args.effnet_size = 20, 4, 64
+
+    keras.utils.set_random_seed(0)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    _, kcv_note = _keras_cv_stochastic_depth()
+    name = f"cifar_resnet{args.depth}"
+    pl = args.final_survival
+    rn = f"ResNet-{args.depth}"
+
+    print(f"Building {rn} variants (batch {args.batch}, 32x32) ...", flush=True)
+    mk = lambda **kw: create_model(name, num_classes=10, **kw)  # noqa: E731
+    res_variants = [
+        Variant(f"{rn} no SD", "resnet", mk(survival_prob=1.0), args.batch, 32, 10, None,
+                "baseline: plain Add residuals"),
+        Variant(f"{rn} keras-cv StochasticDepth", "resnet",
+                cifar_resnet_keras_cv(args.depth, 10, pl), args.batch, 32, 10, None,
+                f"mask multiply, branch always computed; {kcv_note}"),
+        Variant(f"{rn} tfsd sample", "resnet", mk(survival_prob=pl, sd_mode="sample"),
+                args.batch, 32, 10, 1.03, "per-example mask multiply"),
+        Variant(f"{rn} tfsd batch skip", "resnet", mk(survival_prob=pl, sd_mode="batch"),
+                args.batch, 32, 10, 0.80, "tf.cond skips dropped branches"),
+    ]
+    timed_interleaved(res_variants, args.warmup, args.rounds, args.steps)
+    groups = [(res_variants, res_variants[0])]
+
+    if not args.skip_effnet:
+        s = args.effnet_size
+        print(f"Building EfficientNet-B0 variants (batch {args.effnet_batch}, {s}x{s}) ...",
+              flush=True)
+        eff_variants = [
+            Variant("keras.applications EfficientNetB0", "efficientnet",
+                    keras.applications.EfficientNetB0(weights=None, classifier_activation=None,
+                                                      input_shape=(s, s, 3)),
+                    args.effnet_batch, s, 1000, None, "baseline: drop-connect 0.2 via Dropout"),
+            Variant("tfsd efficientnet_b0", "efficientnet",
+                    create_model("efficientnet_b0", num_classes=1000, input_shape=(s, s, 3)),
+                    args.effnet_batch, s, 1000, 1.00, "per-sample SD, survival 0.8 (default)"),
+        ]
+        timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps)
+        groups.append((eff_variants, eff_variants[0]))
+
+    rows = []
+    for variants, base in groups:
+        base_ms = float(np.median(base.times) * 1e3)
+        for v in variants:
+            row = v.summary()
+            row["baseline"] = base.name
+            row["ratio"] = row["median_ms"] / base_ms
+            row["target"] = v.target
+            row["pass"] = None if v.target is None else bool(row["ratio"] <= v.target)
+            rows.append(row)
+
+    machine = machine_info()
+    config = {k: v for k, v in vars(args).items()}
+    config["resnet_input"] = [32, 32, 3]
+    config["step"] = ("tf.function (no XLA): forward(training=True) + "
+                      "SparseCategoricalCrossentropy(from_logits) + SGD(0.01, momentum 0.9)")
+    config["keras_cv_layer"] = kcv_note
+
+    lines = [
+        f"Stochastic depth training-step speed, {started:%Y-%m-%d %H:%M} UTC",
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs "
+        f"({machine['affinity_cpus']} usable), TF {machine['tensorflow']}, "
+        f"Keras {machine['keras']}",
+        f"{rn} batch {args.batch} 32x32; EfficientNet-B0 batch {args.effnet_batch} "
+        f"{args.effnet_size}x{args.effnet_size}; {args.rounds} rounds x {args.steps} steps "
+        f"interleaved, median",
+        "",
+        "| variant | ms/step (median) | p25-p75 | ratio | target | pass |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        tgt = "—" if r["target"] is None else f"≤ {r['target']:.2f}"
+        ok = "—" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
+        ratio = "1.00 (base)" if r["variant"] == r["baseline"] else f"{r['ratio']:.3f}"
+        lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['p25_ms']:.0f}-"
+                     f"{r['p75_ms']:.0f} | {ratio} | {tgt} | {ok} |")
+    lines.append("")
+    for r in rows:
+        if "mean_active_fraction" in r:
+            lines.append(f"{r['variant']}: active-block fraction realised "
+                         f"{r['mean_active_fraction']:.3f} (expected "
+                         f"{r['expected_active_fraction']:.3f}, {r['num_sd_layers']} SD layers)")
+    lines.append(f"keras-cv variant: {kcv_note}")
+    table = "\n".join(lines)
+    print("\n" + table)
+
+    out = {
+        "benchmark": "stochastic_depth_speed",
+        "date_utc": started.isoformat(timespec="seconds"),
+        "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started)
+                            .total_seconds(), 1),
+        "machine": machine,
+        "config": config,
+        "rows": rows,
+        "table_markdown": table,
+        "reference": "Huang et al. 2016, Deep Networks with Stochastic Depth, Table 2: "
+                     "~25% faster training (0.73x) with linear decay, p_L = 0.5",
+    }
+    if os.path.dirname(args.output):
+        os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"\nWrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""ResNets with stochastic depth: the paper's CIFAR ResNets and ImageNet ResNet-18…152 (v1.5).
+
+References:
+  * He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (ResNet; the
+    CIFAR family of 6n + 2 layers is its section 4.2).
+  * Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016,
+    arXiv:1603.09382, and its Torch code (github.com/yueatsprograms/Stochastic_Depth, ``main.lua``
+    and ``ResidualDrop.lua``), which the CIFAR models match.
+  * torchvision ``resnet.py`` (and timm ``resnet.py``), which the ImageNet models match layer for
+    layer, so weights port; trainable parameter counts are equal (pinned in the tests).
+
+Names defined here:
+  * ``cifar_resnet{20,32,44,56,110,1202}``: 6n + 2 layers, n = 3, 5, 7, 9, 18, 200 basic blocks in
+    each of three stages of 16/32/64 channels (paper section 4). A down-sampling block's shortcut
+    is parameter free, as in the stochastic-depth code (He et al.'s "option A"): a 1×1 average pool
+    with stride 2 (a subsample of even rows and columns) followed by zero channels appended after
+    the existing ones (``nn.Padding(1, nOut - nIn, 3)``).
+  * ``resnet{18,34,50,101,152}``: ImageNet ResNets **v1.5** (stride on the 3×3 conv of the
+    bottleneck, no conv bias, 1×1 conv + BN projection shortcut where the shape changes), as in
+    torchvision and timm; keras.applications' ``ResNet50`` is v1 (stride on the first 1×1 conv,
+    conv biases, 25,636,712 parameters) and is *not* what ``resnet50`` builds here.
+  * "block": one residual unit ``H_l = ReLU(b_l · f_l(H_{l-1}) + shortcut(H_{l-1}))``; the ReLU
+    after the sum is outside the branch f_l, so a dropped block still applies it (paper eq. 2).
+
+Stochastic depth. Every residual branch of every model is wrapped by `tfsd.models.common.residual`
+(a `tfsd.layers.StochasticResidual`), including the down-sampling blocks, whose shortcut is passed
+separately so a dropped block outputs ReLU(shortcut). Survival rates follow
+`tfsd.layers.survival_schedule` over all L blocks in order (``rule="linear"``: the paper's
+p_l = 1 − (l / L)(1 − p_L), l = 1…L). The paper's code counts L the same way: ``main.lua`` collects
+every ``nn.ResidualDrop`` module, down-sampling ones included, and sets
+``deathRate = i / #addtables * opt.deathRate`` for the i-th, so ResNet-110 has L = 54 blocks, the
+first survives with 1 − 0.5 / 54 and the last with p_L = 0.5.
+
+Defaults and why:
+  * CIFAR: p_L = 0.5, ``sd_mode="batch"``, ``sd_scale_at="inference"``, all as in the paper.
+  * ImageNet: p_L = 0.8, ``sd_mode="batch"`` (dropped branches are skipped, forward and backward),
+    ``sd_scale_at="inference"``. The paper's p_L = 0.5 gave no gain on ImageNet (ResNet-152:
+    21.78% → 21.98% top-1 error); Composer's block-wise drop (rate 0.2 on ResNet-50) trains ~5%
+    faster at similar accuracy. With the linear rule p_L = 0.8 drops 10% of blocks on average.
+  * No conv bias anywhere. Every conv is followed by BatchNorm, which subtracts the batch mean, so
+    a conv bias has zero gradient in training and is absorbed by the moving mean at inference. The
+    paper's code builds cudnn convs *with* zero-initialised biases (4,048 extra, dead parameters on
+    ResNet-110); we follow fb.resnet.torch, torchvision and timm, which have none, so CIFAR
+    ResNet-110 has 1,727,962 trainable parameters (the paper's "1.7M").
+  * BatchNorm momentum 0.9 and epsilon 1e-5: Keras momentum is 1 − Torch momentum, and every
+    reference here is Torch with its default 0.1 (keras.applications and TF Model Garden use
+    0.99/0.997 with 1e-3; pass ``bn_momentum``/``bn_epsilon`` for those).
+  * Initialisation as the references: He-normal convs (the paper's code: fan-in, gain √2;
+    torchvision: fan-out), Torch's default uniform(±1/√fan_in) classifier kernel, zero biases.
+  * Weight decay is the training loop's job: no layer carries a regularizer.
+
+Layers are named as in keras.applications (``conv1_conv``, ``conv2_block1_1_conv``,
+``conv2_block1_0_conv`` for a projection, ``conv2_block1_out``, ``avg_pool``, ``predictions``) so
+weights port by name; with stochastic depth on, a block's branch layers live in the sub-model
+``conv2_block1_branch`` wrapped by ``conv2_block1_drop`` (see `tfsd.models.common.residual`).
+
+Inputs are images with values in [0, 255] (float or uint8; cast to float32 by the model), normalised
+inside the model (`tfsd.models.common.normalize_pixels`); outputs are float32 logits, also under a
+``mixed_float16`` or ``mixed_bfloat16`` global policy.
+
+Example:
+  >>> from tfsd.models import create_model
+  >>> model = create_model("cifar_resnet110", num_classes=10)           # paper defaults
+  >>> model = create_model("resnet50", num_classes=1000, survival_prob=1.0)  # plain ResNet-50
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import keras
+
+from tfsd import layers as sd_layers
+from tfsd.models import common
+from tfsd.models.registry import register
+
+BLOCKS = ("basic", "bottleneck")
+# Output channels of a block relative to its ``Stage.channels`` (He et al. 2016, table 1).
+_EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+class Stage(NamedTuple):
+    """One stage of residual blocks; architectures are tuples of these rows."""
+
+    channels: int  # width of the block's 3×3 convs; its output is channels × expansion
+    blocks: int  # number of residual blocks in the stage
+    stride: int  # stride of the stage's first block (on its 3×3 conv)
+
+
+def cifar_stages(n: int) -> tuple[Stage, ...]:
+    """The paper's CIFAR ResNet with 6n + 2 layers: n basic blocks at 16, 32 and 64 channels."""
+    return (Stage(16, n, 1), Stage(32, n, 2), Stage(64, n, 2))
+
+
+def imagenet_stages(blocks: Sequence[int]) -> tuple[Stage, ...]:
+    """ImageNet ResNet stages (He et al. 2016, table 1): 64/128/256/512 channels, strides 1/2/2/2."""
+    if len(blocks) != 4:
+        raise ValueError(f"An ImageNet ResNet has 4 stages, got blocks={tuple(blocks)}.")
+    return tuple(Stage(c, b, s) for c, b, s in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)))
+
+
+# -------------------------------------------------------------------------------------------------
+# Layers.
+# -------------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="tfsd")
+class ChannelZeroPad(keras.layers.Layer):
+    """Appends zero channels up to ``channels`` (Torch ``nn.Padding`` on the channel axis).
+
+    The parameter-free shortcut of the paper's down-sampling blocks (He et al.'s option A).
+
+    Args:
+      channels: number of output channels, at least the number of input channels.
+      **kwargs: standard Keras layer arguments.
+    """
+
+    def __init__(self, channels: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}.")
+        self.channels = channels
+
+    def _pad(self, input_channels: int) -> int:
+        pad = self.channels - input_channels
+        if pad < 0:
+            raise ValueError(
+                f"{self.name}: cannot pad {input_channels} channels down to {self.channels}."
+            )
+        return pad
+
+    def call(self, x: Any) -> Any:
+        pad = self._pad(x.shape[-1])
+        if pad == 0:
+            return x
+        return keras.ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, pad]])
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        self._pad(input_shape[-1])
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["channels"] = self.channels
+        return config
+
+
+class _Ops:
+    """Conv/BN factories sharing a builder's BatchNorm and initialiser settings."""
+
+    def __init__(self, bn_momentum: float, bn_epsilon: float, sync_bn: bool, conv_fan: str):
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.sync_bn = sync_bn
+        # He-normal with a plain (untruncated) normal, as Torch's kaiming_normal_.
+        self.conv_init = keras.initializers.VarianceScaling(2.0, conv_fan, "untruncated_normal")
+
+    def conv(self, x, filters: int, kernel: int, stride: int, name: str):
+        """Conv without bias, padded as Torch (``padding = kernel // 2`` on every side).
+
+        Keras' "same" pads an even input asymmetrically (0 before, 1 after) when the stride is 2,
+        Torch pads 1 on both sides; explicit zero padding then "valid" keeps Torch's sampling grid,
+        so torchvision weights give torchvision outputs.
+        """
+        pad = kernel // 2
+        if stride > 1 and pad > 0:
+            x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same"
+        return keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=self.conv_init,
+            name=f"{name}_conv",
+        )(x)
+
+    def bn(self, x, name: str, zero_gamma: bool = False):
+        return keras.layers.BatchNormalization(
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            gamma_initializer="zeros" if zero_gamma else "ones",
+            synchronized=self.sync_bn,
+            name=f"{name}_bn",
+        )(x)
+
+    def conv_bn(self, x, filters, kernel, stride, name, relu=True, zero_gamma=False):
+        x = self.conv(x, filters, kernel, stride, name)
+        x = self.bn(x, name, zero_gamma=zero_gamma)
+        return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _branch_fn(ops: _Ops, block: str, channels: int, stride: int, prefix: str, zero_init: bool):
+    """The residual branch f_l of a block (no ReLU at the end: it follows the sum)."""
+
+    def basic(x):
+        # conv3×3(stride)-BN-ReLU-conv3×3-BN (He et al. 2016, fig. 2 left).
+        x = ops.conv_bn(x, channels, 3, stride, f"{prefix}1")
+        return ops.conv_bn(x, channels, 3, 1, f"{prefix}2", relu=False, zero_gamma=zero_init)
+
+    def bottleneck(x):
+        # v1.5: 1×1 reduce, 3×3 with the stride, 1×1 expand ×4 (torchvision Bottleneck).
+        x = ops.conv_bn(x, channels, 1, 1, f"{prefix}1")
+        x = ops.conv_bn(x, channels, 3, stride, f"{prefix}2")
+        out = channels * _EXPANSION["bottleneck"]
+        return ops.conv_bn(x, out, 1, 1, f"{prefix}3", relu=False, zero_gamma=zero_init)
+
+    return basic if block == "basic" else bottleneck
+
+
+def _shortcut(ops: _Ops, x, kind: str, out_channels: int, stride: int, prefix: str):
+    """The shortcut of a block, or None for the identity."""
+    if stride == 1 and x.shape[-1] == out_channels:
+        return None
+    if kind == "pad":
+        # Stochastic-depth Torch code: SpatialAveragePooling(1, 1, 2, 2) then nn.Padding.
+        if stride > 1:
+            x = keras.layers.AveragePooling2D(1, strides=stride, name=f"{prefix}0_pool")(x)
+        return ChannelZeroPad(out_channels, name=f"{prefix}0_zeropad")(x)
+    # Projection: 1×1 conv with the block's stride + BN (torchvision ``downsample``).
+    return ops.conv_bn(x, out_channels, 1, stride, f"{prefix}0", relu=False)
+
+
+# -------------------------------------------------------------------------------------------------
+# Builders.
+# -------------------------------------------------------------------------------------------------
+
+
+def _check_number(value: Any, name: str, low: float, high: float = math.inf) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not low < value <= high:
+        raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}.")
+
+
+def _ensure_recursion_limit(num_blocks: int) -> None:
+    """Raises (never lowers) Python's recursion limit for very deep functional graphs.
+
+    Keras maps a functional graph with a recursive depth-first walk, a few frames per block:
+    cifar_resnet1202 (600 blocks) exceeds Python's default limit of 1000. Loading such a model
+    from a ``.keras`` file walks the graph again, so the limit stays raised, and importing this
+    module raises it for the deepest registered variant (loading needs this module imported
+    anyway, for `ChannelZeroPad`).
+    """
+    needed = 1000 + 10 * num_blocks
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def _build(
+    *,
+    name: str,
+    stem: str,
+    stages: Sequence[Stage],
+    block: str,
+    shortcut: str,
+    conv_fan: str,
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int],
+    survival_prob: float,
+    sd_mode: str,
+    sd_scale_at: str,
+    rule: str,
+    width: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int | None,
+    sync_replicas: bool,
+    bn_momentum: float,
+    bn_epsilon: float,
+    sync_bn: bool,
+    zero_init_residual: bool,
+) -> keras.Model:
+    """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
+    if block not in BLOCKS:
+        raise ValueError(f"Unknown block {block!r}; expected one of {BLOCKS}.")
+    _check_number(width, "width", 0.0)
+    _check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
+    _check_number(bn_epsilon, "bn_epsilon", 0.0)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if len(tuple(input_shape)) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
+    if sd_mode not in sd_layers.MODES:
+        raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
+    if sd_scale_at not in sd_layers.SCALE_AT:
+        raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
+    num_blocks = sum(s.blocks for s in stages)
+    # Also validates survival_prob and rule; the list has p_L = 1 everywhere when survival_prob=1.
+    rates = sd_layers.survival_schedule(num_blocks, survival_prob, rule)
+    if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
+        # Replicas drawing different gates would take different tf.cond branches around a
+        # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+        raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
+    ops = _Ops(bn_momentum, bn_epsilon, sync_bn, conv_fan)
+    _ensure_recursion_limit(num_blocks)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = common.normalize_pixels(inputs, mean, std)
+    if stem == "cifar":
+        # 3×3 conv to 16 channels + BN + ReLU (paper code; He et al. 2016 section 4.2).
+        x = ops.conv_bn(x, _scaled(16, width), 3, 1, "conv1")
+    else:
+        # 7×7/2 conv + BN + ReLU + 3×3/2 max pool with Torch's symmetric padding (3, then 1).
+        # Zero padding before the max pool equals Torch's -inf padding: its input is post-ReLU.
+        x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
+        x = keras.layers.Conv2D(
+            _scaled(64, width),
+            7,
+            strides=2,
+            use_bias=False,
+            kernel_initializer=ops.conv_init,
+            name="conv1_conv",
+        )(x)
+        x = ops.bn(x, "conv1")
+        x = keras.layers.ReLU(name="conv1_relu")(x)
+        x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+    index = 0
+    for s, stage in enumerate(stages):
+        channels = _scaled(stage.channels, width)
+        out_channels = channels * _EXPANSION[block]
+        for b in range(stage.blocks):
+            stride = stage.stride if b == 0 else 1
+            prefix = f"conv{s + 2}_block{b + 1}_"
+            x = common.residual(
+                x,
+                _branch_fn(ops, block, channels, stride, prefix, zero_init_residual),
+                name=prefix,
+                survival_prob=rates[index],
+                sd_mode=sd_mode,
+                sd_scale_at=sd_scale_at,
+                seed=common.block_seed(seed, index),
+                shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
+                sync_replicas=sync_replicas,
+            )
+            x = keras.layers.ReLU(name=f"{prefix}out")(x)
+            index += 1
+
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    # Torch's default nn.Linear kernel init, uniform(±1/sqrt(fan_in)); float32 logits always.
+    head_init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+    outputs = keras.layers.Dense(
+        num_classes, kernel_initializer=head_init, dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def cifar_resnet(
+    *,
+    name: str,
+    depth: int,
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    survival_prob: float = 0.5,
+    sd_mode: str = "batch",
+    sd_scale_at: str = "inference",
+    rule: str = "linear",
+    width: float = 1.0,
+    mean: Sequence[float] = common.CIFAR10_MEAN,
+    std: Sequence[float] = common.CIFAR10_STD,
+    seed: int | None = 0,
+    sync_replicas: bool = False,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    sync_bn: bool = False,
+    zero_init_residual: bool = False,
+) -> keras.Model:
+    """The stochastic-depth paper's CIFAR ResNet with ``depth = 6n + 2`` layers.
+
+    Args:
+      name: model name (the registry key).
+      depth: 6n + 2 (20, 32, 44, 56, 110, 1202 are registered).
+      num_classes: classifier size (10 for CIFAR-10 and SVHN, 100 for CIFAR-100).
+      input_shape: (height, width, 3); default (32, 32, 3). Spatial sizes may be None.
+      survival_prob: p_L, the last block's survival probability; 1.0 builds a plain ResNet with
+        no stochastic-depth layer. Default 0.5 (paper).
+      sd_mode: "batch" (paper; dropped branches are skipped) or "sample".
+      sd_scale_at: "inference" (paper) or "train" (inverted scaling).
+      rule: "linear" (paper) or "uniform", see `tfsd.layers.survival_schedule`.
+      width: channel multiplier (channels rounded, at least 1), e.g. 0.25 for tests.
+      mean, std: per-channel statistics of [0, 1] images; CIFAR-10's by default.
+      seed: base seed of the blocks' gate streams (block i gets `common.block_seed(seed, i)`);
+        None lets each block draw its own.
+      sync_replicas: every replica draws the same gates (needed with ``sync_bn``).
+      bn_momentum, bn_epsilon: BatchNorm settings; Keras momentum 0.9 = Torch momentum 0.1.
+      sync_bn: cross-replica (synchronized) BatchNorm.
+      zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
+
+    Returns:
+      A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth!r}.")
+    return _build(
+        name=name,
+        stem="cifar",
+        stages=cifar_stages((depth - 2) // 6),
+        block="basic",
+        shortcut="pad",
+        conv_fan="fan_in",  # the paper's nninit.kaiming: gain sqrt(2), fan-in
+        num_classes=num_classes,
+        input_shape=(32, 32, 3) if input_shape is None else input_shape,
+        survival_prob=survival_prob,
+        sd_mode=sd_mode,
+        sd_scale_at=sd_scale_at,
+        rule=rule,
+        width=width,
+        mean=mean,
+        std=std,
+        seed=seed,
+        sync_replicas=sync_replicas,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        sync_bn=sync_bn,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def resnet(
+    *,
+    name: str,
+    block: str,
+    blocks: Sequence[int],
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    survival_prob: float = 0.8,
+    sd_mode: str = "batch",
+    sd_scale_at: str = "inference",
+    rule: str = "linear",
+    width: float = 1.0,
+    mean: Sequence[float] = common.IMAGENET_MEAN,
+    std: Sequence[float] = common.IMAGENET_STD,
+    seed: int | None = 0,
+    sync_replicas: bool = False,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    sync_bn: bool = False,
+    zero_init_residual: bool = False,
+) -> keras.Model:
+    """ImageNet ResNet v1.5 (torchvision/timm layout) with stochastic depth on every block.
+
+    Args:
+      name: model name (the registry key).
+      block: "basic" (ResNet-18/34) or "bottleneck" (ResNet-50/101/152).
+      blocks: blocks per stage, four integers.
+      num_classes: classifier size (1000 for ImageNet).
+      input_shape: (height, width, 3); default (224, 224, 3). Spatial sizes may be None.
+      survival_prob: p_L, the last block's survival probability; default 0.8 (see the module
+        docstring); 1.0 builds a plain ResNet with no stochastic-depth layer.
+      sd_mode, sd_scale_at, rule, width, seed, sync_replicas, bn_momentum, bn_epsilon, sync_bn:
+        as in `cifar_resnet`.
+      mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
+      zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
+
+    Returns:
+      A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
+    """
+    blocks = tuple(blocks)
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks):
+        raise ValueError(f"blocks must be positive integers, got {blocks!r}.")
+    return _build(
+        name=name,
+        stem="imagenet",
+        stages=imagenet_stages(blocks),
+        block=block,
+        shortcut="projection",
+        conv_fan="fan_out",  # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+        num_classes=num_classes,
+        input_shape=(224, 224, 3) if input_shape is None else input_shape,
+        survival_prob=survival_prob,
+        sd_mode=sd_mode,
+        sd_scale_at=sd_scale_at,
+        rule=rule,
+        width=width,
+        mean=mean,
+        std=std,
+        seed=seed,
+        sync_replicas=sync_replicas,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        sync_bn=sync_bn,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Registered variants: one line each.
+# -------------------------------------------------------------------------------------------------
+
+# CIFAR (6n + 2 layers, n = 3, 5, 7, 9, 18, 200); 110 and 1202 are the paper's CIFAR models.
+register("cifar_resnet20", cifar_resnet, depth=20)
+register("cifar_resnet32", cifar_resnet, depth=32)
+register("cifar_resnet44", cifar_resnet, depth=44)
+register("cifar_resnet56", cifar_resnet, depth=56)
+register("cifar_resnet110", cifar_resnet, depth=110)
+register("cifar_resnet1202", cifar_resnet, depth=1202)
+# ImageNet v1.5 (He et al. 2016, table 1).
+register("resnet18", resnet, block="basic", blocks=(2, 2, 2, 2))
+register("resnet34", resnet, block="basic", blocks=(3, 4, 6, 3))
+register("resnet50", resnet, block="bottleneck", blocks=(3, 4, 6, 3))
+register("resnet101", resnet, block="bottleneck", blocks=(3, 4, 23, 3))
+register("resnet152", resnet, block="bottleneck", blocks=(3, 8, 36, 3))
+# Loading a saved cifar_resnet1202 in a fresh process must not hit the recursion limit.
+_ensure_recursion_limit(3 * 200)

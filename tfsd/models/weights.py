@@ -1,0 +1,536 @@
+"""Importing keras.applications EfficientNet weights, and folding 1/p into a residual branch.
+
+`load_keras_applications_weights` copies the weights of a keras.applications EfficientNet (a model
+instance, or a weights file) into the tfsd model with the same architecture
+(`tfsd.models.efficientnet`), layer by layer, checking every shape. Layers are matched by their
+keras.applications name (``stem_conv``, ``block2b_expand_conv``, ``top_bn``, ``predictions``…);
+tfsd keeps those names also for layers that live inside a residual block's branch sub-model.
+
+Three weight sources are understood:
+
+* a ``keras.Model`` built by ``keras.applications.EfficientNetB*``: matched by layer name;
+* a legacy HDF5 weights file (``efficientnetb0.h5``, ``efficientnetb0_notop.h5``: the files
+  keras.applications downloads for ``weights="imagenet"``, or any ``save_weights`` file of the
+  Keras 2 era, or a legacy full-model ``.h5``): groups by layer name, matched by name;
+* a Keras 3 ``.weights.h5`` file (``model.save_weights``): Keras 3 does not store layer names,
+  only ``layers/<class>_<k>`` groups numbered per class in the model's layer order, so the k-th
+  Conv2D of the file goes to the k-th Conv2D of the tfsd model in the same order. An architecture
+  mismatch still fails: a layer count or a shape that differs raises.
+
+Input normalisation. keras.applications normalises inside the model: Rescaling(1/255), then
+Normalization(mean, variance) and, only when built with ``weights="imagenet"``, an extra
+Rescaling(1/sqrt(std)) per channel (its source: the ImageNet file's Normalization holds the
+standard deviations where variances belong, tensorflow/tensorflow#49930). With ``weights=None`` the
+Normalization is un-adapted (mean 0, variance 1) and there is no extra rescaling. The importer folds
+the source's whole chain into tfsd's single ``normalization`` layer, so the two models see the same
+normalised image. A file does not record its Rescaling layers: for a Keras 3 ``.weights.h5`` the
+extra one shows as a second ``rescaling`` group, a legacy full-model ``.h5`` has its config, and a
+legacy weights-only ``.h5`` is taken to be keras.applications' ImageNet file, which keras.applications
+always uses with the extra rescaling; ``imagenet_rescaling=`` overrides the guess for files.
+
+Stochastic-depth scaling. keras.applications uses inverted scaling (identity at inference), as
+tfsd's default ``sd_scale_at="train"``. A tfsd model built with ``sd_scale_at="inference"``
+computes ``shortcut + p · branch`` at inference, so the importer multiplies each residual block's
+branch output by 1/p (`scale_branch_output`, on ``blockXy_project_bn``) and inference outputs match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfsd import layers as sd_layers
+
+# keras.applications efficientnet.py, IMAGENET_STDDEV_RGB: the extra Rescaling is 1/sqrt of these.
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+# -------------------------------------------------------------------------------------------------
+# Folding a factor into a residual branch.
+# -------------------------------------------------------------------------------------------------
+
+# Layers whose output scales with their input: f(c·x) = c·f(x) for c > 0.
+_SCALE_EQUIVARIANT = (
+    keras.layers.Identity,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+    keras.layers.Reshape,
+    keras.layers.Flatten,
+    keras.layers.Permute,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+# Layers computing ``activation(x @ kernel + bias)``; linear in (kernel, bias) when the
+# activation is linear. SeparableConv's last linear map is its pointwise kernel.
+_KERNEL_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def _is_linear(activation: Any) -> bool:
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
+def _output_producer(layer: keras.layers.Layer, where: str) -> keras.layers.Layer:
+    """The layer computing ``layer``'s output, looking through sub-models and equivariant ops."""
+    while True:
+        if isinstance(layer, keras.Model):
+            outputs = getattr(layer, "outputs", None)
+            if not outputs or len(outputs) != 1:
+                raise ValueError(f"{where}: sub-model {layer.name!r} must have a single output.")
+            op, node_index, _ = outputs[0]._keras_history
+            while isinstance(op, _SCALE_EQUIVARIANT):
+                node = op._inbound_nodes[node_index]
+                if len(node.input_tensors) != 1:
+                    break
+                op, node_index, _ = node.input_tensors[0]._keras_history
+            layer = op
+            if isinstance(layer, keras.Model):
+                continue
+            if isinstance(layer, keras.layers.InputLayer):
+                raise ValueError(f"{where}: the branch output is its input; nothing to scale.")
+        return layer
+
+
+def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: float):
+    """Multiplies the output of a `StochasticResidual`'s branch by ``factor``, in its weights.
+
+    Finds the last affine layer of the branch (walking back from the branch output through
+    nested sub-models and layers that commute with a positive scale: dropout, padding, pooling,
+    reshape…) and scales its parameters:
+
+    * ``BatchNormalization``: gamma and beta (its output is ``gamma · x̂ + beta``);
+    * ``Dense``, ``Conv*``, ``DepthwiseConv*``, ``Conv*Transpose``: kernel and bias (the
+      pointwise kernel for ``SeparableConv*``); the layer's activation must be linear.
+
+    Used to move a stochastic-depth scale between conventions: a ``scale_at="inference"`` layer
+    computes ``shortcut + p · branch`` at inference, so ``scale_branch_output(layer, 1 / p)``
+    makes it output what an inverted-scaling (``scale_at="train"``) model with the original
+    weights outputs, and ``factor = p`` folds the inference scale into the weights.
+
+    Args:
+      residual_layer: a built `tfsd.layers.StochasticResidual`.
+      factor: a positive, finite multiplier.
+
+    Returns:
+      The layer whose weights were scaled.
+
+    Raises:
+      ValueError: no scalable affine layer ends the branch (e.g. a non-linear activation, a
+        BatchNormalization with ``scale=False``, or a layer reused elsewhere in the branch).
+    """
+    if not isinstance(residual_layer, sd_layers.StochasticResidual):
+        raise ValueError(
+            f"scale_branch_output needs a StochasticResidual, got {type(residual_layer).__name__}."
+        )
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
+    where = f"scale_branch_output({residual_layer.name!r})"
+    layer = _output_producer(residual_layer.branch, where)
+    if len(getattr(layer, "_inbound_nodes", ())) > 1:
+        raise ValueError(f"{where}: {layer.name!r} is called more than once; scaling it is unsafe.")
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        raise ValueError(f"{where}: {layer.name!r} is quantized or has LoRA; cannot scale it.")
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        if not layer.scale:
+            raise ValueError(f"{where}: BatchNormalization {layer.name!r} has no gamma (scale=False).")
+        variables = [layer.gamma] + ([layer.beta] if layer.center else [])
+    elif isinstance(layer, _KERNEL_LAYERS):
+        if not _is_linear(getattr(layer, "activation", None)):
+            raise ValueError(
+                f"{where}: {layer.name!r} ends with a non-linear activation; cannot scale it."
+            )
+        is_separable = isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D))
+        kernel = layer.pointwise_kernel if is_separable else layer.kernel
+        variables = [kernel] + ([layer.bias] if getattr(layer, "bias", None) is not None else [])
+    else:
+        raise ValueError(
+            f"{where}: the branch ends with {type(layer).__name__} {layer.name!r}; expected a "
+            f"BatchNormalization, Dense or convolution layer."
+        )
+    for v in variables:
+        v.assign(np.asarray(v) * np.asarray(factor, dtype=v.dtype))
+    return layer
+
+
+# -------------------------------------------------------------------------------------------------
+# Walking models.
+# -------------------------------------------------------------------------------------------------
+
+
+def _own_variables(layer: keras.layers.Layer) -> list:
+    """The variables a layer saves itself, in Keras' order (trainable first)."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def _leaf_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Weight-carrying layers in graph order, nested sub-models and residual branches included.
+
+    tfsd's own stochastic-depth layers (their step counters are not keras.applications weights)
+    are stepped over; their branches are walked.
+    """
+    if isinstance(layer, keras.Model):
+        for sub in layer.layers:
+            yield from _leaf_layers(sub)
+    elif isinstance(layer, sd_layers.StochasticResidual):
+        yield from _leaf_layers(layer.branch)
+    elif not isinstance(layer, sd_layers.StochasticDepth) and _own_variables(layer):
+        yield layer
+
+
+def _snake_case(name: str) -> str:
+    """Keras' ``naming.to_snake_case``: the group names of a Keras 3 ``.weights.h5`` file."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+# -------------------------------------------------------------------------------------------------
+# Sources: a dict {tfsd layer name: [arrays]}, the source's Normalization arrays and the chain of
+# input scalings it applies ("rescale" and "normalize" steps).
+# -------------------------------------------------------------------------------------------------
+
+
+class _Source:
+    def __init__(self, description: str):
+        self.description = description
+        self.arrays: dict[str, list[np.ndarray]] = {}  # by keras.applications layer name
+        self.normalization: list[np.ndarray] | None = None  # mean, variance(, count)
+        self.extra_scale: np.ndarray | None = None  # the weights="imagenet" extra Rescaling
+        self.input_chain: list | None = None  # exact chain, when the source knows it
+
+
+def _model_source(model: keras.Model) -> _Source:
+    src = _Source(f"model {model.name!r}")
+    for layer in _leaf_layers(model):
+        arrays = [np.asarray(v) for v in _own_variables(layer)]
+        if isinstance(layer, keras.layers.Normalization):
+            src.normalization = arrays
+        elif layer.name in src.arrays:
+            raise ValueError(f"{src.description} has two weight-carrying layers named {layer.name!r}.")
+        else:
+            src.arrays[layer.name] = arrays
+    # The exact input chain: every Rescaling/Normalization before the first convolution.
+    chain = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Rescaling):
+            chain.append(("rescale", np.asarray(layer.scale, "float64"), float(layer.offset)))
+        elif isinstance(layer, keras.layers.Normalization):
+            if layer.invert:
+                raise ValueError(f"{src.description}: inverted Normalization is not supported.")
+            mean = np.asarray(keras.ops.convert_to_numpy(layer.mean), "float64").reshape(-1)
+            var = np.asarray(keras.ops.convert_to_numpy(layer.variance), "float64").reshape(-1)
+            chain.append(("normalize", mean, var))
+        elif _own_variables(layer) or isinstance(layer, keras.Model):
+            break
+    src.input_chain = chain
+    return src
+
+
+def _read_legacy_h5(f: Any, path: str, imagenet_rescaling: bool | None) -> _Source:
+    """Legacy (Keras 2) HDF5: ``layer_names`` attribute, one group per layer name."""
+    src = _Source(f"legacy HDF5 file {path!r}")
+    config = f.attrs.get("model_config")
+    if "layer_names" not in f.attrs and "model_weights" in f:
+        f = f["model_weights"]  # a full-model save: weights live in this group
+    decode = lambda s: s.decode("utf8") if isinstance(s, bytes) else str(s)  # noqa: E731
+    for name in map(decode, f.attrs["layer_names"]):
+        group = f[name]
+        weight_names = [decode(w) for w in group.attrs.get("weight_names", [])]
+        if not weight_names:
+            continue
+        arrays = [np.asarray(group[w]) for w in weight_names]
+        if re.fullmatch(r"normalization(_\d+)?", name):
+            src.normalization = arrays
+        else:
+            src.arrays[name] = arrays
+    if imagenet_rescaling is None and config is not None and src.normalization is not None:
+        # A full-model file knows its input chain: Rescaling/Normalization before the first conv.
+        src.input_chain = []
+        for layer in json.loads(decode(config))["config"]["layers"]:
+            cls, cfg = layer["class_name"], layer["config"]
+            if cls == "Rescaling":
+                scale = np.asarray(cfg["scale"], "float64")
+                src.input_chain.append(("rescale", scale, float(cfg.get("offset", 0.0))))
+            elif cls == "Normalization":
+                mean, var = (np.asarray(w, "float64").reshape(-1) for w in src.normalization[:2])
+                src.input_chain.append(("normalize", mean, var))
+            elif cls not in ("InputLayer", "ZeroPadding2D"):
+                break
+        return src
+    if imagenet_rescaling is None:
+        # A weights-only legacy file is keras.applications' ImageNet file: it always applies the
+        # extra rescaling with it.
+        imagenet_rescaling = True
+    if imagenet_rescaling:
+        src.extra_scale = 1.0 / np.sqrt(np.asarray(IMAGENET_STDDEV_RGB, "float64"))
+    return src
+
+
+def _read_keras3_h5(
+    f: Any, path: str, leaves: Sequence[keras.layers.Layer], imagenet_rescaling: bool | None
+) -> _Source:
+    """Keras 3 ``.weights.h5``: ``layers/<snake class>[_k]/vars/<i>``, numbered in layer order."""
+    src = _Source(f"Keras 3 weights file {path!r}")
+    groups = f["layers"]
+    counts: dict[str, int] = {}
+    used = set()
+    for layer in leaves:
+        cls = _snake_case(type(layer).__name__)
+        k = counts.get(cls, 0)
+        counts[cls] = k + 1
+        key = cls if k == 0 else f"{cls}_{k}"
+        if key not in groups:
+            continue  # reported as missing by the caller
+        used.add(key)
+        vars_group = groups[key].get("vars", {})
+        arrays = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+        if isinstance(layer, keras.layers.Normalization):
+            src.normalization = arrays
+        else:
+            src.arrays[layer.name] = arrays
+    # Every weight-carrying group of the file must have been claimed by a layer of the model.
+    extra = sorted(k for k, g in groups.items() if len(g.get("vars", {})) and k not in used)
+    if extra:
+        raise ValueError(
+            f"{src.description} has weights the model has no counterpart for: {extra[:8]} (groups "
+            f"are numbered per layer class in layer order). The architectures differ: variant, "
+            f"include_top?"
+        )
+    if imagenet_rescaling is None:
+        imagenet_rescaling = "rescaling_1" in groups
+    if imagenet_rescaling:
+        src.extra_scale = 1.0 / np.sqrt(np.asarray(IMAGENET_STDDEV_RGB, "float64"))
+    return src
+
+
+def _file_source(
+    path: str, leaves: Sequence[keras.layers.Layer], imagenet_rescaling: bool | None
+) -> _Source:
+    import h5py  # a Keras dependency
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No weights file at {path!r}.")
+    if path.endswith(".keras"):
+        raise ValueError(
+            f"{path!r} is a .keras archive: load it with keras.saving.load_model(...) and pass the "
+            f"model, or pass its weights file."
+        )
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path!r} is not an HDF5 weights file (.h5 or .weights.h5).")
+    with h5py.File(path, "r") as f:
+        if "layer_names" in f.attrs or "model_weights" in f:
+            return _read_legacy_h5(f, path, imagenet_rescaling)
+        if "layers" in f:
+            return _read_keras3_h5(f, path, leaves, imagenet_rescaling)
+    raise ValueError(
+        f"{path!r} is HDF5 but neither a legacy Keras weights file (no 'layer_names') nor a "
+        f"Keras 3 .weights.h5 file (no 'layers' group)."
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Normalisation folding.
+# -------------------------------------------------------------------------------------------------
+
+
+def _affine(chain: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (a, b) with chain(x) = a·x + b (Keras' Normalization divides by sqrt(var))."""
+    a, b = np.ones(1), np.zeros(1)
+    eps = keras.config.epsilon()
+    for step in chain:
+        if step[0] == "rescale":
+            _, scale, offset = step
+            a, b = a * scale, b * scale + offset
+        else:
+            _, mean, var = step
+            d = np.maximum(np.sqrt(var), eps)
+            a, b = a / d, (b - mean) / d
+    return a, b
+
+
+def _fold_normalization(model: keras.Model, src: _Source) -> None:
+    """Sets tfsd's ``normalization`` so that rescaling + normalization equal the source's chain."""
+    ours = [l for l in model.layers if isinstance(l, (keras.layers.Rescaling, keras.layers.Normalization))]
+    names = [type(l).__name__ for l in ours]
+    if names != ["Rescaling", "Normalization"] or ours[0].offset != 0:
+        raise ValueError(
+            f"Model {model.name!r} must normalise its input with one Rescaling (no offset) and one "
+            f"Normalization layer (tfsd.models.common.normalize_pixels); found {names}."
+        )
+    rescaling, norm = ours
+    if src.input_chain is not None:
+        chain = src.input_chain
+    else:
+        if src.normalization is None:
+            raise ValueError(f"{src.description} has no Normalization layer weights.")
+        mean, var = (np.asarray(w, "float64").reshape(-1) for w in src.normalization[:2])
+        chain = [("rescale", np.asarray(1.0 / 255.0), 0.0), ("normalize", mean, var)]
+        if src.extra_scale is not None:
+            chain.append(("rescale", src.extra_scale, 0.0))
+    a, b = _affine(chain)
+    channels = norm.adapt_mean.shape[-1]
+    a, b = np.broadcast_to(a, (channels,)), np.broadcast_to(b, (channels,))
+    if np.any(a <= 0) or not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)):
+        raise ValueError(f"{src.description}: cannot fold input scaling {a}, offset {b}.")
+    # ours: (s·x − m) / sd = a·x + b  ⇒  sd = s / a,  m = −b·sd.
+    sd = np.asarray(rescaling.scale, "float64") / a
+    norm.adapt_mean.assign((-b * sd).astype("float32"))
+    norm.adapt_variance.assign(np.square(sd).astype("float32"))
+    norm.finalize_state()
+
+
+# -------------------------------------------------------------------------------------------------
+# The importer.
+# -------------------------------------------------------------------------------------------------
+
+
+def load_keras_applications_weights(
+    model: keras.Model,
+    source: keras.Model | str | os.PathLike,
+    *,
+    imagenet_rescaling: bool | None = None,
+    skip_layers: Sequence[str] = (),
+) -> list[str]:
+    """Copies keras.applications EfficientNet weights into a tfsd EfficientNet.
+
+    Every weight-carrying layer of ``model`` (nested branch sub-models included) gets the weights
+    of the source layer with the same keras.applications name, after a shape check; the input
+    normalisation and the stochastic-depth scaling convention are reconciled (module docstring),
+    so ``model(x, training=False)`` equals the source's output for every input.
+
+    Example:
+      >>> model = create_model("efficientnet_b0", num_classes=1000)
+      >>> load_keras_applications_weights(model, "~/.keras/models/efficientnetb0.h5")
+
+    Args:
+      model: a tfsd EfficientNet (`tfsd.models.efficientnet`) of the source's architecture.
+      source: a ``keras.applications.EfficientNetB*`` model, or the path of its weights: a legacy
+        ``.h5`` file (the ImageNet files keras.applications ships) or a Keras 3 ``.weights.h5``.
+      imagenet_rescaling: for file sources, whether the source applies keras.applications' extra
+        ``weights="imagenet"`` Rescaling(1/sqrt(std)); None guesses (module docstring). Must be
+        None for a model source, whose layers say it exactly.
+      skip_layers: names of ``model`` layers to leave as initialised, e.g. ``("predictions",)`` to
+        fine-tune a new classifier from ``efficientnetb0_notop.h5``.
+
+    Returns:
+      The names of the layers whose weights were copied (the normalization layer included).
+
+    Raises:
+      FileNotFoundError: ``source`` is a path that does not exist.
+      ValueError: ``source`` is neither a model nor a weights file; a layer of either side has
+        no counterpart; a weight's shape differs (the message names the layer).
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model, got {type(model).__name__}.")
+    leaves = list(_leaf_layers(model))
+    if isinstance(source, keras.Model):
+        if imagenet_rescaling is not None:
+            raise ValueError("imagenet_rescaling applies to file sources only.")
+        src = _model_source(source)
+    elif isinstance(source, (str, os.PathLike)):
+        src = _file_source(os.path.expanduser(os.fspath(source)), leaves, imagenet_rescaling)
+    else:
+        raise ValueError(
+            f"source must be a keras.applications EfficientNet model or the path of its weights "
+            f"file, got {type(source).__name__}."
+        )
+
+    skip = set(skip_layers)
+    names = {l.name for l in leaves}
+    unknown = skip - names
+    if unknown:
+        raise ValueError(f"skip_layers {sorted(unknown)} are not weight-carrying layers of the model.")
+    extra = sorted(set(src.arrays) - names - skip)
+    if extra:
+        raise ValueError(
+            f"{src.description} has weights for layers the model {model.name!r} lacks: {extra[:8]}"
+            f"{' …' if len(extra) > 8 else ''}. Are the architectures the same (variant, "
+            f"include_top)? Pass skip_layers to leave model layers out."
+        )
+
+    # Check everything before assigning anything, so a failed import leaves the model unchanged.
+    plan = []
+    for layer in leaves:
+        if layer.name in skip or isinstance(layer, keras.layers.Normalization):
+            continue
+        if layer.name not in src.arrays:
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) of model {model.name!r} has no "
+                f"weights in {src.description}. Pass skip_layers=[{layer.name!r}] to keep its "
+                f"initial weights."
+            )
+        arrays, variables = src.arrays[layer.name], _own_variables(layer)
+        if len(arrays) != len(variables):
+            raise ValueError(
+                f"Layer {layer.name!r}: {src.description} has {len(arrays)} weights, the model "
+                f"has {len(variables)} ({[v.name for v in variables]})."
+            )
+        for array, variable in zip(arrays, variables):
+            if tuple(array.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"Layer {layer.name!r}: weight {variable.name!r} has shape "
+                    f"{tuple(variable.shape)} in the model but {tuple(array.shape)} in "
+                    f"{src.description}."
+                )
+        plan.append((layer, arrays, variables))
+    norm_layers = [l for l in leaves if isinstance(l, keras.layers.Normalization)]
+    if norm_layers and norm_layers[0].name not in skip:
+        _fold_normalization(model, src)
+    for layer, arrays, variables in plan:
+        for array, variable in zip(arrays, variables):
+            variable.assign(array.astype(variable.dtype))
+
+    # keras.applications scales at training time; fold 1/p where the model scales at inference.
+    for layer in sd_layers.stochastic_depth_layers(model):
+        if layer.scale_at != "inference" or layer.survival_prob == 1.0:
+            continue
+        if not isinstance(layer, sd_layers.StochasticResidual):
+            raise ValueError(
+                f"{layer.name!r} scales at inference and is not a StochasticResidual; cannot fold "
+                f"1/p into its branch."
+            )
+        scale_branch_output(layer, 1.0 / layer.survival_prob)
+    # Compiled functions may hold the old normalisation constants (Normalization.finalize_state).
+    for attr in ("predict_function", "test_function", "train_function"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    copied = [layer.name for layer, _, _ in plan]
+    return ([norm_layers[0].name] if norm_layers and norm_layers[0].name not in skip else []) + copied
