@@ -1,0 +1,73 @@
+"""fold_stochastic_depth: folded inference models equal the originals and carry no SD ops."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfsd.models  # noqa: F401  (registration)
+from tfsd import layers as sdl
+from tfsd.models import create_model
+from tfsd.models.fold import fold_stochastic_depth
+from tests.helpers import op_types
+
+
+def _randomize_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for v in (layer.gamma, layer.beta, layer.moving_mean):
+                v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+
+
+def _mul_count(model, shape):
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec(shape)
+    ).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return sum(n.op == "Mul" for n in nodes)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,shape",
+    [
+        ("cifar_resnet20", dict(width=0.5), (2, 16, 16, 3)),
+        ("resnet18", dict(width=0.25), (2, 32, 32, 3)),
+        ("efficientnet_b0", dict(width=0.25, depth=0.34, sd_scale_at="inference"), (2, 32, 32, 3)),
+    ],
+)
+def test_fold_matches_inference_and_removes_scaling(name, kwargs, shape):
+    model = create_model(name, num_classes=7, input_shape=shape[1:], survival_prob=0.5, **kwargs)
+    _randomize_bn(model)
+    x = tf.random.stateless_uniform(shape, seed=[1, 2], maxval=255.0)
+    folded = fold_stochastic_depth(model)
+    np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-5)
+    assert all(l.survival_prob == 1.0 for l in sdl.stochastic_depth_layers(folded))
+    assert not any("Random" in t for t in op_types(lambda t: folded(t), tf.TensorSpec(shape)))
+    scaled = [l for l in sdl.stochastic_depth_layers(model) if l.scale_at == "inference"]
+    assert scaled  # the test can fail: there were multiplies to remove
+    assert _mul_count(folded, shape) == _mul_count(model, shape) - len(scaled)
+    # The input model is untouched.
+    assert all(l.survival_prob < 1.0 for l in sdl.stochastic_depth_layers(model))
+
+
+def test_fold_pair_form_replaces_layer_with_add():
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="d1")(inp)
+    r = keras.layers.Dense(6, name="res")(h)
+    out = sdl.StochasticDepth(0.7, seed=1, name="sd")([h, r])
+    model = keras.Model(inp, out)
+    folded = fold_stochastic_depth(model)
+    x = tf.random.stateless_normal([4, 6], seed=[0, 3])
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+    assert isinstance(folded.get_layer("sd"), keras.layers.Add)
+    np.testing.assert_allclose(folded.get_layer("res").kernel, 0.7 * model.get_layer("res").kernel)
+
+
+def test_fold_rejects_non_affine_residual():
+    inp = keras.Input((6,))
+    r = keras.layers.Activation("relu", name="act")(keras.layers.Dense(6)(inp))
+    model = keras.Model(inp, sdl.StochasticDepth(0.7, seed=1)([inp, r]))
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold_stochastic_depth(model)
