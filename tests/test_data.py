@@ -478,7 +478,10 @@ def test_cifar_crop_is_a_shifted_window_of_the_zero_padded_image():
         else:
             found.append((windows[out[:, ::-1].tobytes()], True))  # KeyError if neither
     assert len({f[0] for f in found}) > 10 and 0 < sum(f[1] for f in found) < 20
-    assert (0, 0) in windows.values()  # zero padding: some crops show black borders
+    # The input has no zeros: shifted crops show the black (zero) padding, the centred one not.
+    for out, ((dy, dx), _) in zip(outputs, found, strict=True):
+        assert (out.min() == 0) == ((dy, dx) != (4, 4))
+    assert any(offset != (4, 4) for offset, _ in found)
     no_flip = [
         data.cifar_crop(tf.constant(image), _seed(k, 0), 32, flip=False).numpy() for k in range(20)
     ]
@@ -782,25 +785,39 @@ def test_tfds_real_files_shard_by_file_for_train_and_evenly_for_eval(tmp_path):
     assert not set(eval_levels[0]) & set(eval_levels[1])
 
 
-def test_tfds_real_files_train_stream_is_seeded_epochs_are_permutations(tmp_path):
-    _write_tiny_cifar10(tmp_path, {"train": [12, 12], "test": [4]})
-    config = _config(name="cifar10", preprocess="none", cache=True)
+@pytest.mark.parametrize("cache", [False, True])
+def test_tfds_real_files_train_stream_is_seeded_and_resumable(tmp_path, cache):
+    data_dir = tmp_path / "tfds"
+    _write_tiny_cifar10(data_dir, {"train": [12, 12], "test": [4]})
+    config = _config(name="cifar10", preprocess="cifar", cache=cache)
 
-    def levels(seed):
-        ds = data.build_dataset(
+    def build(seed):
+        return data.build_dataset(
             config,
             split="train",
             global_batch_size=6,
             image_size=32,
             seed=seed,
-            data_dir=str(tmp_path),
+            data_dir=str(data_dir),
         )
-        return [int(x[0, 0, 0]) for b in _batches(ds, 8) for x in b[0]]
 
-    first = levels(3)
-    assert first == levels(3) and first != levels(4)
-    assert sorted(first[:24]) == sorted(first[24:]) == list(range(24))
-    assert first[:24] != first[24:]
+    def levels(batches):  # the centre pixel survives the pad-and-crop: it names the example
+        return [int(x[16, 16, 0]) for b in batches for x in b[0]]
+
+    first = levels(_batches(build(3), 8))
+    assert first == levels(_batches(build(3), 8)) and first != levels(_batches(build(4), 8))
+    assert sorted(first[:24]) == sorted(first[24:]) == list(range(24))  # epochs are permutations
+    assert first[:24] != first[24:]  # reshuffled every epoch
+
+    iterator = iter(build(3))
+    for _ in range(3):
+        next(iterator)
+    path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / "ckpt" / "it"))
+    expected = [next(iterator)[0].numpy() for _ in range(3)]
+    restored = iter(build(3))
+    tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+    for want in expected:
+        np.testing.assert_array_equal(next(restored)[0].numpy(), want)
 
 
 def test_tfds_unprepared_dataset_says_how_to_prepare_it(tmp_path):

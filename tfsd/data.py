@@ -7,12 +7,12 @@ MixUp/CutMix is on (train split only).
 
 Preprocessing follows these references:
 
-* **Inception crop** (train, ImageNet-like data): Szegedy et al., "Going deeper with convolutions",
-  CVPR 2015, as implemented in TF-slim ``inception_preprocessing.py`` and in the EfficientNet TPU
-  reference ``tensorflow/tpu/models/official/efficientnet/preprocessing.py``: a random crop
-  covering 8%-100% of the area with aspect ratio in [3/4, 4/3], 10 attempts, center-crop fallback,
-  random horizontal flip, bicubic resize. JPEGs are decoded with ``decode_and_crop_jpeg`` so only
-  the crop window is decoded, as in the EfficientNet reference.
+* **Inception crop** (train, ImageNet-like data): Szegedy et al., "Going deeper with
+  convolutions", CVPR 2015 (crops of 8%-100% of the area, aspect ratio 3/4-4/3), with the
+  settings of the EfficientNet TPU reference ``tensorflow/tpu/models/official/efficientnet/
+  preprocessing.py``: ``min_object_covered=0.1``, 10 attempts, center-crop fallback, random
+  horizontal flip, bicubic resize, and ``decode_and_crop_jpeg`` so JPEGs decode only the crop
+  window. (TF-slim's ``inception_preprocessing.py`` differs: 5%-100%, 100 attempts, bilinear.)
 * **Center crop** (eval): the EfficientNet reference's ``CROP_PADDING = 32``: keep the central
   ``S / (S + 32)`` of the shorter side (224/256 = 0.875 at S = 224), then resize to S.
 * **CIFAR** (train): the stochastic-depth paper's recipe (Huang et al., "Deep Networks with
@@ -25,10 +25,11 @@ Preprocessing follows these references:
   and CutMix are on, each batch uses one of them with probability 0.5, like timm's ``Mixup``.
 
 Determinism: given ``seed`` the train stream is identical across runs, and
-``tf.train.Checkpoint(iterator=it)`` restores it exactly. All randomness is stateless and keyed
-on the example's position in the stream; the synthetic and folder sources shuffle *indices* with
+``tf.train.Checkpoint(iterator=it)`` restores it exactly. Augmentation is stateless, keyed on the
+example's position in the stream. The synthetic and folder sources shuffle *indices* with
 ``tf.random.experimental.index_shuffle`` (a stateless permutation per epoch), so their iterator
-state is a counter and a few prefetched batches.
+state is a counter plus prefetched batches; TFDS uses tf.data's seeded shuffle buffer of encoded
+examples, which iterator checkpoints also capture.
 """
 
 import contextlib
