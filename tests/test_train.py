@@ -227,10 +227,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     if state is not None:  # every checkpoint that was written holds finite weights
         reader = tf.train.load_checkpoint(state.model_checkpoint_path)
-        for key in reader.get_variable_to_shape_map():
-            value = reader.get_tensor(key)
-            if "model/" in key and np.asarray(value).dtype.kind == "f":
-                assert np.all(np.isfinite(value)), key
+        dtypes = reader.get_variable_to_dtype_map()
+        keys = [k for k in dtypes if k.startswith("model/") and dtypes[k].is_floating]
+        assert keys
+        for key in keys:
+            assert np.all(np.isfinite(reader.get_tensor(key))), key
 
 
 def test_corrupt_checkpoint_gives_clear_error_and_deletes_nothing(tmp_path):
@@ -249,17 +250,6 @@ def test_incompatible_checkpoint_gives_clear_error(tmp_path):
     (tmp_path / "config.json").unlink()  # pretend the directory came from elsewhere
     with pytest.raises(train.CheckpointError, match="different model"):
         train.train_and_evaluate(tiny_config(**{"model.overrides.width": 0.5}), str(tmp_path))
-
-
-def test_tfds_source_through_the_loop(tmp_path):
-    import tensorflow_datasets as tfds
-
-    c = tiny_config(total_steps=2)
-    c.data.name = "cifar10"
-    c.data.num_classes = None
-    with tfds.testing.mock_data(num_examples=64):
-        result = train.train_and_evaluate(c, str(tmp_path))
-    assert result["step"] == 2 and result["examples"] > 0
 
 
 # -------------------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
     if _check_arg(arg):
         # ResNet-20 (n = 3) of the same family: ResNet-110 needs the paper's 0.01 warm-up and
         # hundreds of epochs; ResNet-20 reaches ~99% on synthetic data in ~3 minutes on 2 cores.
-        _runlocal(c)
+        _runlocal(c, width=1.0)
         c.model.name = "cifar_resnet20"
         c.data.synthetic_train_size = 8192
         c.data.synthetic_eval_size = 1024

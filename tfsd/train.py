@@ -240,7 +240,8 @@ class EMA:
         self.decay = decay
         self.sources = [v for v in model.weights if v.dtype.startswith("float") and not _is_sd_state(v)]
         self.shadows = [
-            keras.Variable(v.value, trainable=False, name=f"ema_{v.name}", dtype=v.dtype)
+            # A numpy copy: keras.Variable(<tf.Variable>) would wrap (alias) the same variable.
+            keras.Variable(v.numpy(), trainable=False, name=f"ema_{v.name}", dtype=v.dtype)
             for v in self.sources
         ]
 
@@ -253,8 +254,8 @@ class EMA:
     def swap(self) -> None:
         """Exchanges model weights and EMA weights (call twice to restore)."""
         for s, v in zip(self.shadows, self.sources):
-            tmp = tf.identity(v.value)
-            v.assign(s.value)
+            tmp = v.numpy()  # a host copy: an eager read may alias the buffer assign() reuses
+            v.assign(s.numpy())
             s.assign(tmp)
 
 
@@ -296,6 +297,11 @@ def build_task(config, data_dir: str | None) -> Task:
     keras.mixed_precision.set_global_policy(policy[config.precision])
     strategy = distribute.get_strategy(config.distribute)
     size = config.model.image_size
+    overrides = config.model.overrides.to_dict()
+    if strategy.num_replicas_in_sync > 1 and config.model.sd_mode == "batch":
+        # Keras BatchNormalization updates mirrored statistics with cross-replica ops; replicas
+        # skipping different blocks would issue different collectives, so gates are synced.
+        overrides.setdefault("sync_replicas", True)
     with strategy.scope():
         model = models.create_model(
             config.model.name,
@@ -304,7 +310,7 @@ def build_task(config, data_dir: str | None) -> Task:
             survival_prob=config.model.survival_prob,
             sd_mode=config.model.sd_mode,
             sd_scale_at=config.model.sd_scale_at,
-            **config.model.overrides.to_dict(),
+            **overrides,
         )
         optimizer = make_optimizer(config, make_lr_schedule(config, steps_per_epoch, schedule_steps))
         optimizer.build(model.trainable_variables)
@@ -344,6 +350,7 @@ def make_train_loop(task: Task):
     variables = model.trainable_variables
     decayed = [v for v in variables if _decayed(v)]
     wd = config.optimizer.weight_decay
+    float_weights = [v for v in model.weights if v.dtype.startswith("float")]
 
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
@@ -383,6 +390,11 @@ def make_train_loop(task: Task):
             )
             out["active_blocks"] = active
             totals = {k: totals[k] + out[k] for k in totals}
+        # Weights too: BN statistics can overflow a step before the loss shows it.
+        totals["finite"] = tf.cast(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in float_weights]),
+            tf.float32,
+        )
         return totals
 
     return train_loop
@@ -454,7 +466,7 @@ def restore_latest(manager: tf.train.CheckpointManager, checkpoint) -> int | Non
         return None
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  (TF raises OpError, IndexError, ValueError, ...)
         raise CheckpointError(
             f"Cannot resume from {path}: it is corrupt or belongs to a different model "
             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}). Nothing was deleted or "
@@ -546,9 +558,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
             t0 = time.time()
             sums = {k: float(v) for k, v in train_loop(iterator, tf.constant(n)).items()}
             seconds = time.time() - t0
-            if not math.isfinite(sums["loss"]):
+            if not math.isfinite(sums["loss"]) or sums["finite"] != 1.0:
                 raise FloatingPointError(
-                    f"Training loss became {sums['loss']} between steps {step} and {step + n}. "
+                    f"Training loss or weights became non-finite (loss {sums['loss']}) between "
+                    f"steps {step} and {step + n}. "
                     f"Stopped without saving; the last good checkpoint is "
                     f"{manager.latest_checkpoint or '(none)'}. Lower lr.base, check the data, "
                     "or use precision=float32."

@@ -43,8 +43,9 @@ Defaults and why:
     ResNet-110); we follow fb.resnet.torch, torchvision and timm, which have none, so CIFAR
     ResNet-110 has 1,727,962 trainable parameters (the paper's "1.7M").
   * BatchNorm momentum 0.9 and epsilon 1e-5: Keras momentum is 1 − Torch momentum, and every
-    reference here is Torch with its default 0.1 (keras.applications and TF Model Garden use
-    0.99/0.997 with 1e-3; pass ``bn_momentum``/``bn_epsilon`` for those).
+    reference here is Torch with its default 0.1. keras.applications' ResNets use Keras' default
+    0.99 (epsilon 1.001e-5) and TF Model Garden 0.99 (epsilon 1e-3): pass ``bn_momentum`` and
+    ``bn_epsilon`` for those.
   * Initialisation as the references: He-normal convs (the paper's code: fan-in, gain √2;
     torchvision: fan-out), Torch's default uniform(±1/√fan_in) classifier kernel, zero biases.
   * Weight decay is the training loop's job: no layer carries a regularizer.
@@ -96,10 +97,12 @@ def cifar_stages(n: int) -> tuple[Stage, ...]:
 
 
 def imagenet_stages(blocks: Sequence[int]) -> tuple[Stage, ...]:
-    """ImageNet ResNet stages (He et al. 2016, table 1): 64/128/256/512 channels, strides 1/2/2/2."""
+    """ImageNet ResNet stages (He et al. 2016, table 1): 64…512 channels, strides 1, 2, 2, 2."""
     if len(blocks) != 4:
         raise ValueError(f"An ImageNet ResNet has 4 stages, got blocks={tuple(blocks)}.")
-    return tuple(Stage(c, b, s) for c, b, s in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)))
+    return tuple(
+        Stage(c, b, s) for c, b, s in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True)
+    )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -504,6 +507,7 @@ register("cifar_resnet32", cifar_resnet, depth=32)
 register("cifar_resnet44", cifar_resnet, depth=44)
 register("cifar_resnet56", cifar_resnet, depth=56)
 register("cifar_resnet110", cifar_resnet, depth=110)
+register("cifar_resnet152", cifar_resnet, depth=152)  # the paper's SVHN model (n = 25)
 register("cifar_resnet1202", cifar_resnet, depth=1202)
 # ImageNet v1.5 (He et al. 2016, table 1).
 register("resnet18", resnet, block="basic", blocks=(2, 2, 2, 2))
