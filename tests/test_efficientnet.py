@@ -19,7 +19,7 @@ LITE_NAMES = list(effnet.EFFICIENTNET_LITE)
 
 # 1000 classes, survival_prob=1.0 (no stochastic-depth variables). B totals are keras.applications'
 # (REFERENCES.md) and include BN moving statistics and the 7 Normalization variables; trainable B0
-# is timm/torchvision's 5,288,548. Lite trainable counts equal timm's tf_efficientnet_lite0…4
+# is timm/torchvision's 5,288,548. Lite trainable counts round to timm's tf_efficientnet_lite0…4
 # (4.65M, 5.42M, 6.09M, 8.20M, 13.01M); REFERENCES.md rounds Lite0 to 4.7M and Lite4 to 13.0M.
 PARAMS = {  # name: (trainable, total)
     "efficientnet_b0": (5_288_548, 5_330_571),
@@ -58,19 +58,28 @@ def _images(n, size, seed=0):
 
 
 def _randomize(model, seed=0):
-    """Random BN statistics/affines and normalization, so a copy that misses any of them shows."""
+    """Random BN affines and input normalization, then BN statistics of a random batch.
+
+    The statistics come from one training-mode pass with momentum 0 (variances floored at 0.01:
+    late feature maps are 2×2, so 8 images give noisy ones), so activations stay O(1) and outputs
+    depend on the input: a copy that misses a weight or the normalization shows.
+    """
     rng = np.random.default_rng(seed)
+    bns = [lay for lay in model.layers if isinstance(lay, keras.layers.BatchNormalization)]
+    for layer in bns:
+        n = layer.gamma.shape[0]
+        layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+        layer.beta.assign(rng.normal(0, 0.2, n))
+        layer.momentum = 0.0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.5, n))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            layer.beta.assign(rng.normal(0, 0.2, n))
-        elif isinstance(layer, keras.layers.Normalization):
+        if isinstance(layer, keras.layers.Normalization):
             layer.adapt_mean.assign(rng.uniform(0.3, 0.6, 3))
             layer.adapt_variance.assign(rng.uniform(0.03, 0.08, 3))
             layer.finalize_state()
+    model(_images(8, model.input_shape[1], seed=seed + 100), training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+        layer.moving_variance.assign(np.asarray(layer.moving_variance) + 0.01)
     return model
 
 
@@ -79,6 +88,11 @@ def _kapp(cls_name, seed=0, **kwargs):
     kwargs.setdefault("input_shape", (64, 64, 3))
     kwargs.setdefault("classifier_activation", None)
     return _randomize(getattr(keras.applications, cls_name)(weights=None, **kwargs), seed)
+
+
+@pytest.fixture(scope="module")
+def kapp_b0():
+    return _kapp("EfficientNetB0")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -125,7 +139,7 @@ def test_survival_schedule():
     # The built B0 has one layer per residual block, with the plan's rate, per sample, inverted.
     model = create_model("efficientnet_b0", num_classes=10, input_shape=(32, 32, 3))
     plan = effnet.block_plan(width=1.0, depth=1.0, fix_stem_head=False, survival_prob=0.8)
-    got = {l.name: l for l in sd_layers.stochastic_depth_layers(model)}
+    got = {lay.name: lay for lay in sd_layers.stochastic_depth_layers(model)}
     assert sorted(got) == sorted(f"{b.name}drop" for b in plan if b.residual)
     for b in plan:
         if b.residual:
@@ -145,8 +159,8 @@ def test_forward_every_variant(name):
         width=variant.width, depth=variant.depth, fix_stem_head=lite, survival_prob=0.8
     )
     sd = sd_layers.stochastic_depth_layers(model)
-    assert [l.name for l in sd] == [f"{b.name}drop" for b in plan if b.residual]
-    assert [l.survival_prob for l in sd] == [b.survival_prob for b in plan if b.residual]
+    assert [lay.name for lay in sd] == [f"{b.name}drop" for b in plan if b.residual]
+    assert [lay.survival_prob for lay in sd] == [b.survival_prob for b in plan if b.residual]
     # Two scalar state variables per stochastic-depth layer (step and keep rate), nothing else.
     trainable, total = PARAMS[name]
     head = 1000 - 7
@@ -156,7 +170,7 @@ def test_forward_every_variant(name):
     if lite:  # fixed stem and head, ReLU6, no squeeze-and-excitation
         assert (stem, top) == (32, 1280)
         assert model.get_layer("stem_activation").activation.__name__ == "relu6"
-        assert not any("se_" in l.name for l in model._flatten_layers())
+        assert not any("se_" in lay.name for lay in model._flatten_layers())
     else:
         assert (stem, top) == (
             effnet.round_filters(32, variant.width),
@@ -174,31 +188,32 @@ def test_uint8_input_include_top_and_no_sd():
     np.testing.assert_allclose(model(x.astype("uint8")), model(x), atol=1e-6)
     plain = _tiny(survival_prob=1.0)
     assert sd_layers.stochastic_depth_layers(plain) == []
-    assert {"block4b_add", "block5b_add", "block6b_add"} <= {l.name for l in plain.layers}
+    assert {"block4b_add", "block5b_add", "block6b_add"} <= {lay.name for lay in plain.layers}
     features = _tiny(include_top=False)
     assert features.output_shape == (None, 1, 1, 320)
     inference = _tiny(sd_scale_at="inference", sd_mode="batch")
-    assert {(l.mode, l.scale_at) for l in sd_layers.stochastic_depth_layers(inference)} == {
+    assert {(lay.mode, lay.scale_at) for lay in sd_layers.stochastic_depth_layers(inference)} == {
         ("batch", "inference")
     }
     assert inference(x, training=True).shape == (2, 4)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(policy):
-    reference = create_model("efficientnet_b0", num_classes=10, input_shape=(32, 32, 3))
+def test_mixed_precision(kapp_b0, policy):
+    x = _images(2, 64)
+    expected = kapp_b0(x, training=False)  # float32
     keras.mixed_precision.set_global_policy(policy)
-    model = create_model("efficientnet_b0", num_classes=10, input_shape=(32, 32, 3))
+    model = create_model("efficientnet_b0", num_classes=1000, input_shape=(64, 64, 3))
     assert model.get_layer("stem_conv").compute_dtype == policy.split("_")[1]
-    model.set_weights(reference.get_weights())
-    x = _images(4, 32)
-    for training in (False, True):
-        y = model(x, training=training)
-        assert y.dtype == "float32" and np.all(np.isfinite(y))
-    y, y32 = model(x, training=False), reference(x, training=False)
-    # Same weights, lower-precision activations: logits agree to a few percent of their scale.
-    tol = 0.03 if policy == "mixed_float16" else 0.15
-    assert np.max(np.abs(y - y32)) < tol * np.max(np.abs(y32)) + 1e-3
+    load_keras_applications_weights(model, kapp_b0)  # the importer works under the policy too
+    y = model(x, training=False)
+    assert y.dtype == "float32"
+    # Same weights, lower-precision activations through 16 blocks with random statistics (which
+    # amplify rounding): the logits stay correlated with float32's (measured 0.9999 and 0.97).
+    corr = np.corrcoef(np.ravel(y), np.ravel(expected))[0, 1]
+    assert corr > (0.999 if policy == "mixed_float16" else 0.9)
+    y = model(x, training=True)  # stochastic depth and BN in training mode
+    assert y.dtype == "float32" and np.all(np.isfinite(y))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -215,9 +230,9 @@ def _blobs(n=32, classes=4, seed=0):
     return np.clip(x, 0, 255).astype("float32"), y
 
 
-def _compile(model, lr):
+def _compile(model, optimizer):
     model.compile(
-        optimizer=keras.optimizers.SGD(lr, momentum=0.9),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         run_eagerly=True,
     )
@@ -227,13 +242,14 @@ def _compile(model, lr):
 def test_tiny_variant_trains():
     keras.utils.set_random_seed(1)
     model = _tiny(survival_prob=0.5, seed=3)
-    _compile(model, 0.05)
+    _compile(model, keras.optimizers.Adam(3e-3))
     x, y = _blobs()
-    losses = [float(model.train_on_batch(x, y)) for _ in range(8)]
-    assert losses[-1] < 0.6 * losses[0], losses
+    losses = [float(model.train_on_batch(x, y)) for _ in range(12)]
+    # Per-step losses are noisy (half the residual blocks and 20% of features dropped per sample).
+    assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
     sd = sd_layers.stochastic_depth_layers(model)
-    assert [int(l.step.numpy()) for l in sd] == [8, 8, 8]
-    assert all(0.0 < float(l.keep_rate.numpy()) <= 1.0 for l in sd)
+    assert [int(lay.step.numpy()) for lay in sd] == [12, 12, 12]
+    assert all(0.0 < float(lay.keep_rate.numpy()) <= 1.0 for lay in sd)
 
 
 @pytest.mark.slow
@@ -244,13 +260,15 @@ def test_keras_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     x, y = _blobs(8)
     np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
-    assert [(l.name, l.survival_prob, l.seed) for l in sd_layers.stochastic_depth_layers(loaded)] == [
-        (l.name, l.survival_prob, l.seed) for l in sd_layers.stochastic_depth_layers(model)
+    assert [
+        (lay.name, lay.survival_prob, lay.seed) for lay in sd_layers.stochastic_depth_layers(loaded)
+    ] == [
+        (lay.name, lay.survival_prob, lay.seed) for lay in sd_layers.stochastic_depth_layers(model)
     ]
     # Training: identical gates (same seeds and steps), dropout masks and updates.
     np.testing.assert_allclose(loaded(x, training=True), model(x, training=True), atol=1e-6)
     for m in (model, loaded):
-        _compile(m, 0.01)
+        _compile(m, keras.optimizers.SGD(0.01, momentum=0.9))
         for _ in range(2):
             m.train_on_batch(x, y)
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
@@ -259,11 +277,6 @@ def test_keras_round_trip(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # keras.applications equivalence and the importer.
 # -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kapp_b0():
-    return _kapp("EfficientNetB0")
 
 
 @pytest.mark.parametrize("scale_at", ["train", "inference"])
@@ -277,7 +290,11 @@ def test_equivalence_b0(kapp_b0, scale_at):
     assert np.max(np.abs(model(x) - expected)) > 0.1  # the test can fail
     copied = load_keras_applications_weights(model, kapp_b0)
     assert len(copied) == 1 + len(
-        [l for l in kapp_b0.layers if l.weights and not isinstance(l, keras.layers.Normalization)]
+        [
+            lay
+            for lay in kapp_b0.layers
+            if lay.weights and not isinstance(lay, keras.layers.Normalization)
+        ]
     )
     np.testing.assert_allclose(model(x, training=False), expected, atol=1e-4)
     if scale_at == "train":  # no folding: every weight is a copy
@@ -322,27 +339,34 @@ def test_weight_files(kapp_b0, tmp_path):
 
 
 def test_imagenet_normalization_quirk(tmp_path, monkeypatch):
-    """keras.applications' weights="imagenet" model (extra Rescaling) from a local notop file."""
-    source = _kapp("EfficientNetB0", include_top=False, seed=2)
+    """keras.applications' weights="imagenet" model (extra Rescaling), built from a local file."""
     path = str(tmp_path / "efficientnetb0_notop.h5")
-    with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    with h5py.File(path, "w") as f:  # any notop weights: keras.applications loads them by order
+        plain = keras.applications.EfficientNetB0(
+            include_top=False, weights=None, input_shape=(64, 64, 3)
+        )
+        legacy_h5_format.save_weights_to_hdf5_group(f, plain)
     from keras.src.applications import efficientnet as kapp_effnet
 
     monkeypatch.setattr(kapp_effnet.file_utils, "get_file", lambda *args, **kwargs: path)
     imagenet = keras.applications.EfficientNetB0(
         include_top=False, weights="imagenet", input_shape=(64, 64, 3)
     )
-    rescalings = [l for l in imagenet.layers if isinstance(l, keras.layers.Rescaling)]
-    assert len(rescalings) == 2  # the quirk is there
+    assert sum(isinstance(lay, keras.layers.Rescaling) for lay in imagenet.layers) == 2  # the quirk
+    _randomize(imagenet, seed=2)
+    with h5py.File(path, "w") as f:  # the "official" file now holds these weights
+        legacy_h5_format.save_weights_to_hdf5_group(f, imagenet)
     x = _images(2, 64, seed=3)
     expected = imagenet(x, training=False)
-    assert np.max(np.abs(source(x, training=False) - expected)) > 0.1
+    plain.set_weights(imagenet.get_weights())
+    plain.get_layer(index=2).finalize_state()  # same weights, no extra rescaling: differs
+    assert np.max(np.abs(plain(x, training=False) - expected)) > 0.1
     for src in (imagenet, path):  # the model says it; the weights-only file is assumed official
         model = create_model(
             "efficientnet_b0", num_classes=1, input_shape=(64, 64, 3), include_top=False
         )
         load_keras_applications_weights(model, src)
+        # One folded normalisation instead of three ops rounds differently (measured 2.5e-5).
         np.testing.assert_allclose(model(x, training=False), expected, atol=1e-4)
 
 
@@ -353,14 +377,14 @@ def test_importer_errors(kapp_b0, tmp_path):
     before = [np.array(w) for w in model.weights]
     with pytest.raises(ValueError, match=r"'predictions'.*\(1280, 10\).*\(1280, 1000\)"):
         load_keras_applications_weights(model, kapp_b0)
-    for a, w in zip(before, model.weights):  # a failed import changes nothing
+    for a, w in zip(before, model.weights, strict=True):  # a failed import changes nothing
         np.testing.assert_array_equal(a, w)
     copied = load_keras_applications_weights(model, kapp_b0, skip_layers=["predictions"])
     assert "predictions" not in copied and "stem_conv" in copied
     np.testing.assert_array_equal(model.get_layer("predictions").kernel, before[-2])
     # Other variants: missing or extra layers are named.
     b1 = create_model("efficientnet_b1", num_classes=1000, input_shape=(64, 64, 3))
-    with pytest.raises(ValueError, match="block2c_expand_conv"):
+    with pytest.raises(ValueError, match="'block1b_dwconv'.*has no weights"):
         load_keras_applications_weights(b1, kapp_b0)
     lite = create_model("efficientnet_lite0", num_classes=1000, input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match="se_"):
@@ -428,7 +452,15 @@ def test_scale_branch_output():
     scale_branch_output(bare, 3.0)
     np.testing.assert_allclose(dense.kernel, 3.0 * kernel)
     np.testing.assert_allclose(dense.bias, [3.0, 3.0, 3.0])
-    # Errors: non-linear end, gamma-less BN, non-affine end, identity branch, bad factor/layer.
+    # A Sequential branch ending in a depthwise conv with bias.
+    depthwise = keras.layers.DepthwiseConv2D(1, use_bias=True, bias_initializer="ones")
+    seq = sd_layers.StochasticResidual(keras.Sequential([keras.Input((4, 4, 3)), depthwise]), 0.5)
+    seq.build((None, 4, 4, 3))
+    before = np.asarray(seq.branch(x))
+    assert scale_branch_output(seq, 2.0) is depthwise
+    np.testing.assert_allclose(seq.branch(x), 2.0 * before, rtol=1e-5)
+    # Errors: non-linear end, gamma-less BN, non-affine end, identity branch, a layer used twice,
+    # bad factor or layer.
     with pytest.raises(ValueError, match="non-linear"):
         scale_branch_output(_residual([keras.layers.Conv2D(3, 1, activation="relu")]), 2.0)
     with pytest.raises(ValueError, match="scale=False"):
@@ -437,6 +469,9 @@ def test_scale_branch_output():
         scale_branch_output(_residual([keras.layers.Conv2D(3, 1), keras.layers.ReLU()]), 2.0)
     with pytest.raises(ValueError, match="its input"):
         scale_branch_output(_residual([keras.layers.Dropout(0.1)]), 2.0)
+    shared = keras.layers.Conv2D(3, 1)
+    with pytest.raises(ValueError, match="more than once"):
+        scale_branch_output(_residual([shared, shared]), 2.0)
     for factor in (0.0, -1.0, math.inf, True):
         with pytest.raises(ValueError, match="positive finite"):
             scale_branch_output(block, factor)
@@ -454,6 +489,8 @@ def test_folding_matches_inverted_scaling_in_expectation():
     layer = model.get_layer("block6d_drop")
     ours = layer.branch.get_layer("block6d_project_bn")
     theirs = kapp.get_layer("block6d_project_bn")
-    np.testing.assert_allclose(ours.gamma, np.asarray(theirs.gamma) / layer.survival_prob, rtol=1e-6)
+    np.testing.assert_allclose(
+        ours.gamma, np.asarray(theirs.gamma) / layer.survival_prob, rtol=1e-6
+    )
     np.testing.assert_allclose(ours.beta, np.asarray(theirs.beta) / layer.survival_prob, rtol=1e-6)
     assert tf.reduce_all(ours.moving_mean == theirs.moving_mean)

@@ -12,10 +12,12 @@ Names defined here:
   * ``efficientnet_b0`` … ``efficientnet_b7``: MBConv blocks (1×1 expand, depthwise k×k, squeeze
     and excitation with 0.25 × the block's input channels, 1×1 project), swish, compound scaling of
     the B0 stage table by the variant's (width, depth, resolution, dropout) row.
-  * ``efficientnet_lite0`` … ``efficientnet_lite4``: the TF reference's ``efficientnet_lite_builder``:
-    ReLU6 instead of swish, no squeeze-and-excitation, and ``fix_head_stem=True``: the stem (32) and
-    head (1280) convs are not width-scaled and the first and last stages' repeats are not
-    depth-scaled. Meant for int8 quantization (REFERENCES.md: Lite0 4.7M params, 75.1% top-1).
+  * ``efficientnet_lite0`` … ``efficientnet_lite4``: the TF reference's
+    ``efficientnet_lite_builder``: ReLU6 instead of swish, no squeeze-and-excitation, and
+    ``fix_head_stem=True``: the stem (32) and head (1280) convs are not width-scaled and the first
+    and last stages' repeats are not depth-scaled. Meant for int8 quantization (REFERENCES.md:
+    Lite0 4.7M params, 75.1% top-1). Trainable counts (Lite0 4,652,008) round to timm's for its
+    ``tf_efficientnet_lite0…4`` ports of the reference checkpoints (4.65M … 13.01M).
   * "block": one MBConv block ``blockXy`` (stage X = 1…7, repeat y = a, b, …); only blocks with an
     identity skip (stride 1 and input channels = output channels) are residual.
 
@@ -23,9 +25,9 @@ Scaling rules (as the reference and keras.applications): filters ``c · width`` 
 nearest multiple of 8, never below 90% of the unrounded value (`round_filters`); repeats
 ``ceil(depth · repeats)`` (`round_repeats`).
 
-Stochastic depth (the reference's ``drop_connect``, keras.applications' ``blockXy_drop``): block i of
-the N blocks (i = 0…N−1, counted over *all* blocks after depth rounding, skip or not) survives with
-``1 − r · i / N``, r = 1 − ``survival_prob`` (`tfsd.layers.efficientnet_survival_schedule`; the
+Stochastic depth (the reference's ``drop_connect``, keras.applications' ``blockXy_drop``): block i
+of the N blocks (i = 0…N−1, counted over *all* blocks after depth rounding, skip or not) survives
+with ``1 − r · i / N``, r = 1 − ``survival_prob`` (`tfsd.layers.efficientnet_survival_schedule`; the
 reference computes ``drop_connect_rate * block_id / num_blocks``, keras.applications
 ``drop_connect_rate * b / blocks``). Only blocks with an identity skip get a stochastic-depth layer,
 as in the reference: the branch becomes the sub-model ``blockXy_branch`` wrapped by the
@@ -184,12 +186,14 @@ def block_plan(
     blocks; blocks without an identity skip keep their slot in the count but get no layer.
     """
     repeats = [
-        s.repeats if fix_stem_head and k in (0, len(stages) - 1) else round_repeats(s.repeats, depth)
+        s.repeats
+        if fix_stem_head and k in (0, len(stages) - 1)
+        else round_repeats(s.repeats, depth)
         for k, s in enumerate(stages)
     ]
     rates = sd_layers.efficientnet_survival_schedule(sum(repeats), 1.0 - survival_prob)
     blocks = []
-    for k, (stage, n) in enumerate(zip(stages, repeats)):
+    for k, (stage, n) in enumerate(zip(stages, repeats, strict=True)):
         filters_in = round_filters(stage.filters_in, width)
         filters_out = round_filters(stage.filters_out, width)
         for j in range(n):
@@ -375,7 +379,8 @@ def efficientnet(
         raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
     if sd_scale_at not in sd_layers.SCALE_AT:
         raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
-    if not isinstance(survival_prob, (int, float)) or not 0.0 < survival_prob <= 1.0:
+    bad = isinstance(survival_prob, bool) or not isinstance(survival_prob, (int, float))
+    if bad or not 0.0 < survival_prob <= 1.0:
         raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}.")
     if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
         # Replicas drawing different gates would take different tf.cond branches around a

@@ -25,8 +25,9 @@ Normalization is un-adapted (mean 0, variance 1) and there is no extra rescaling
 the source's whole chain into tfsd's single ``normalization`` layer, so the two models see the same
 normalised image. A file does not record its Rescaling layers: for a Keras 3 ``.weights.h5`` the
 extra one shows as a second ``rescaling`` group, a legacy full-model ``.h5`` has its config, and a
-legacy weights-only ``.h5`` is taken to be keras.applications' ImageNet file, which keras.applications
-always uses with the extra rescaling; ``imagenet_rescaling=`` overrides the guess for files.
+legacy weights-only ``.h5`` is taken to be keras.applications' ImageNet file, which
+keras.applications always uses with the extra rescaling; ``imagenet_rescaling=`` overrides the
+guess for files.
 
 Stochastic-depth scaling. keras.applications uses inverted scaling (identity at inference), as
 tfsd's default ``sd_scale_at="train"``. A tfsd model built with ``sd_scale_at="inference"``
@@ -170,14 +171,18 @@ def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: fl
 
     if isinstance(layer, keras.layers.BatchNormalization):
         if not layer.scale:
-            raise ValueError(f"{where}: BatchNormalization {layer.name!r} has no gamma (scale=False).")
+            raise ValueError(
+                f"{where}: BatchNormalization {layer.name!r} has no gamma (scale=False)."
+            )
         variables = [layer.gamma] + ([layer.beta] if layer.center else [])
     elif isinstance(layer, _KERNEL_LAYERS):
         if not _is_linear(getattr(layer, "activation", None)):
             raise ValueError(
                 f"{where}: {layer.name!r} ends with a non-linear activation; cannot scale it."
             )
-        is_separable = isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D))
+        is_separable = isinstance(
+            layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+        )
         kernel = layer.pointwise_kernel if is_separable else layer.kernel
         variables = [kernel] + ([layer.bias] if getattr(layer, "bias", None) is not None else [])
     else:
@@ -244,7 +249,9 @@ def _model_source(model: keras.Model) -> _Source:
         if isinstance(layer, keras.layers.Normalization):
             src.normalization = arrays
         elif layer.name in src.arrays:
-            raise ValueError(f"{src.description} has two weight-carrying layers named {layer.name!r}.")
+            raise ValueError(
+                f"{src.description} has two weight-carrying layers named {layer.name!r}."
+            )
         else:
             src.arrays[layer.name] = arrays
     # The exact input chain: every Rescaling/Normalization before the first convolution.
@@ -388,8 +395,9 @@ def _affine(chain: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
 
 def _fold_normalization(model: keras.Model, src: _Source) -> None:
     """Sets tfsd's ``normalization`` so that rescaling + normalization equal the source's chain."""
-    ours = [l for l in model.layers if isinstance(l, (keras.layers.Rescaling, keras.layers.Normalization))]
-    names = [type(l).__name__ for l in ours]
+    kinds = (keras.layers.Rescaling, keras.layers.Normalization)
+    ours = [layer for layer in model.layers if isinstance(layer, kinds)]
+    names = [type(lay).__name__ for lay in ours]
     if names != ["Rescaling", "Normalization"] or ours[0].offset != 0:
         raise ValueError(
             f"Model {model.name!r} must normalise its input with one Rescaling (no offset) and one "
@@ -474,10 +482,12 @@ def load_keras_applications_weights(
         )
 
     skip = set(skip_layers)
-    names = {l.name for l in leaves}
+    names = {lay.name for lay in leaves}
     unknown = skip - names
     if unknown:
-        raise ValueError(f"skip_layers {sorted(unknown)} are not weight-carrying layers of the model.")
+        raise ValueError(
+            f"skip_layers {sorted(unknown)} are not weight-carrying layers of the model."
+        )
     extra = sorted(set(src.arrays) - names - skip)
     if extra:
         raise ValueError(
@@ -503,7 +513,7 @@ def load_keras_applications_weights(
                 f"Layer {layer.name!r}: {src.description} has {len(arrays)} weights, the model "
                 f"has {len(variables)} ({[v.name for v in variables]})."
             )
-        for array, variable in zip(arrays, variables):
+        for array, variable in zip(arrays, variables, strict=True):
             if tuple(array.shape) != tuple(variable.shape):
                 raise ValueError(
                     f"Layer {layer.name!r}: weight {variable.name!r} has shape "
@@ -511,11 +521,11 @@ def load_keras_applications_weights(
                     f"{src.description}."
                 )
         plan.append((layer, arrays, variables))
-    norm_layers = [l for l in leaves if isinstance(l, keras.layers.Normalization)]
+    norm_layers = [lay for lay in leaves if isinstance(lay, keras.layers.Normalization)]
     if norm_layers and norm_layers[0].name not in skip:
         _fold_normalization(model, src)
-    for layer, arrays, variables in plan:
-        for array, variable in zip(arrays, variables):
+    for _, arrays, variables in plan:
+        for array, variable in zip(arrays, variables, strict=True):
             variable.assign(array.astype(variable.dtype))
 
     # keras.applications scales at training time; fold 1/p where the model scales at inference.
@@ -533,4 +543,6 @@ def load_keras_applications_weights(
         if hasattr(model, attr):
             setattr(model, attr, None)
     copied = [layer.name for layer, _, _ in plan]
-    return ([norm_layers[0].name] if norm_layers and norm_layers[0].name not in skip else []) + copied
+    return (
+        [norm_layers[0].name] if norm_layers and norm_layers[0].name not in skip else []
+    ) + copied
