@@ -21,6 +21,7 @@ CIFAR_DEPTHS = {
     "cifar_resnet44": 44,
     "cifar_resnet56": 56,
     "cifar_resnet110": 110,
+    "cifar_resnet152": 152,
     "cifar_resnet1202": 1202,
 }
 IMAGENET_BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "resnet152": 50}
@@ -80,6 +81,7 @@ COUNTS = {
     "cifar_resnet44": (658_586, 3_217),
     "cifar_resnet56": (853_018, 4_125),
     "cifar_resnet110": (1_727_962, 8_211),
+    "cifar_resnet152": (2_408_474, 11_389),  # n = 25, the paper's SVHN network
     "cifar_resnet1202": (19_421_274, 90_839),
     "resnet18": (11_689_512, 9_623),
     "resnet34": (21_797_672, 17_063),
