@@ -194,7 +194,9 @@ def block_plan(
     rates = sd_layers.efficientnet_survival_schedule(sum(repeats), 1.0 - survival_prob)
     blocks = []
     for k, (stage, n) in enumerate(zip(stages, repeats, strict=True)):
-        filters_in = round_filters(stage.filters_in, width)
+        # With a fixed stem the first stage really receives the unscaled stem width.
+        fixed_input = fix_stem_head and k == 0
+        filters_in = stage.filters_in if fixed_input else round_filters(stage.filters_in, width)
         filters_out = round_filters(stage.filters_out, width)
         for j in range(n):
             stride = stage.stride if j == 0 else 1
