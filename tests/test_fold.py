@@ -8,7 +8,7 @@ import tensorflow as tf
 import tfsd.models  # noqa: F401  (registration)
 from tfsd import layers as sdl
 from tfsd.models import create_model
-from tfsd.models.fold import fold_stochastic_depth
+from tfsd.models import fold_stochastic_depth
 from tests.helpers import op_types
 
 
@@ -71,3 +71,29 @@ def test_fold_rejects_non_affine_residual():
     model = keras.Model(inp, sdl.StochasticDepth(0.7, seed=1)([inp, r]))
     with pytest.raises(ValueError, match="cannot fold"):
         fold_stochastic_depth(model)
+
+
+def test_fold_rejects_residual_producer_used_twice():
+    # Scaling a layer that also feeds something else would change that other output too.
+    inp = keras.Input((6,))
+    shared = keras.layers.Dense(6, name="shared")
+    r = shared(inp)
+    other = shared(r)
+    out = sdl.StochasticDepth(0.7, seed=1)([other, r])
+    model = keras.Model(inp, out)
+    with pytest.raises(ValueError, match="cannot fold.*more than once"):
+        fold_stochastic_depth(model)
+
+
+def test_scale_layer_output_scales_batchnorm_without_center():
+    bn = keras.layers.BatchNormalization(center=False)
+    bn.build((None, 4))
+    bn.gamma.assign([1.0, 2.0, 3.0, 4.0])
+    x = tf.random.stateless_normal([3, 4], seed=[0, 1])
+    before = bn(x, training=False).numpy()
+    assert tfsd.models.scale_layer_output(bn, 0.25) is bn
+    np.testing.assert_allclose(bn(x, training=False), 0.25 * before, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="positive finite"):
+        tfsd.models.scale_layer_output(bn, -1.0)
+    with pytest.raises(ValueError, match="expected a BatchNormalization"):
+        tfsd.models.scale_layer_output(keras.layers.ReLU(), 2.0)

@@ -4,6 +4,21 @@ Importing this package registers every model (``list_models()``).
 """
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
+from tfsd.models.fold import fold_stochastic_depth
 from tfsd.models.registry import create_model, get_builder, list_models, register
+from tfsd.models.weights import (
+    load_keras_applications_weights,
+    scale_branch_output,
+    scale_layer_output,
+)
 
-__all__ = ["create_model", "get_builder", "list_models", "register"]
+__all__ = [
+    "create_model",
+    "fold_stochastic_depth",
+    "get_builder",
+    "list_models",
+    "load_keras_applications_weights",
+    "register",
+    "scale_branch_output",
+    "scale_layer_output",
+]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 
 from tfsd import layers as sd_layers
-from tfsd.models.weights import scale_branch_output
+from tfsd.models.weights import scale_branch_output, scale_layer_output
 
 
 def _refresh_normalization(model: keras.Model) -> None:
@@ -98,27 +98,7 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
             scale_branch_output(folded.get_layer(layer.name), layer.survival_prob)
         else:
             producer = folded.get_layer(pair_producers[layer.name])
-            _scale_affine(producer, layer.survival_prob, context=layer.name)
+            where = f"cannot fold the survival factor of {layer.name!r}"
+            scale_layer_output(producer, layer.survival_prob, where)
     return folded
 
-
-def _scale_affine(layer: keras.layers.Layer, factor: float, context: str) -> None:
-    """Multiplies the output of an affine ``layer`` by ``factor`` through its weights."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        if not (layer.scale and layer.center):
-            raise ValueError(f"{context}: BatchNormalization {layer.name!r} needs scale and center.")
-        layer.gamma.assign(layer.gamma * factor)
-        layer.beta.assign(layer.beta * factor)
-        return
-    kernel = getattr(layer, "kernel", None)
-    if kernel is None:
-        kernel = getattr(layer, "depthwise_kernel", None)
-    if kernel is None or getattr(layer, "activation", None) not in (None, keras.activations.linear):
-        raise ValueError(
-            f"{context}: cannot fold the survival factor into {layer.name!r} "
-            f"({type(layer).__name__}); the residual must come from an affine layer "
-            "(BatchNormalization, or Dense/Conv without activation)."
-        )
-    kernel.assign(kernel * factor)
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.assign(layer.bias * factor)

@@ -158,12 +158,33 @@ def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: fl
         raise ValueError(
             f"scale_branch_output needs a StochasticResidual, got {type(residual_layer).__name__}."
         )
+    _check_factor(factor)
+    where = f"scale_branch_output({residual_layer.name!r})"
+    return scale_layer_output(_output_producer(residual_layer.branch, where), factor, where)
+
+
+def _check_factor(factor: Any) -> None:
     if isinstance(factor, bool) or not isinstance(factor, (int, float)):
         raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
-    where = f"scale_branch_output({residual_layer.name!r})"
-    layer = _output_producer(residual_layer.branch, where)
+
+
+def scale_layer_output(
+    layer: keras.layers.Layer, factor: float, where: str = ""
+) -> keras.layers.Layer:
+    """Multiplies the output of one affine ``layer`` by ``factor`` through its parameters.
+
+    ``BatchNormalization``: gamma and beta; ``Dense``/``Conv*``/``DepthwiseConv*``/
+    ``Conv*Transpose``: kernel and bias (the pointwise kernel of ``SeparableConv*``), whose
+    activation must be linear. ``where`` prefixes error messages.
+
+    Raises:
+      ValueError: the layer is not affine in its parameters, is called more than once (its other
+        uses would change too), or is quantized or has LoRA.
+    """
+    where = where or f"scale_layer_output({layer.name!r})"
+    _check_factor(factor)
     if len(getattr(layer, "_inbound_nodes", ())) > 1:
         raise ValueError(f"{where}: {layer.name!r} is called more than once; scaling it is unsafe.")
     if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
@@ -187,7 +208,7 @@ def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: fl
         variables = [kernel] + ([layer.bias] if getattr(layer, "bias", None) is not None else [])
     else:
         raise ValueError(
-            f"{where}: the branch ends with {type(layer).__name__} {layer.name!r}; expected a "
+            f"{where}: the output comes from {type(layer).__name__} {layer.name!r}; expected a "
             f"BatchNormalization, Dense or convolution layer."
         )
     for v in variables:
