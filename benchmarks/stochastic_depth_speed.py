@@ -63,13 +63,12 @@ import sys
 import time
 from typing import Any, Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 from tfsd import layers as sd_layers
-from tfsd.models import create_model
-from tfsd.models import common
+from tfsd.models import common, create_model
 from tfsd.models import resnet as tfsd_resnet
 
 # -------------------------------------------------------------------------------------------------
@@ -80,16 +79,15 @@ from tfsd.models import resnet as tfsd_resnet
 def _keras_cv_stochastic_depth() -> tuple[Callable[..., keras.layers.Layer], str]:
     """keras_cv.layers.StochasticDepth, or an inline copy of its semantics if it cannot import."""
     try:
-        from keras_cv.layers import StochasticDepth  # noqa: PLC0415
-
         import keras_cv  # noqa: PLC0415
+        from keras_cv.layers import StochasticDepth  # noqa: PLC0415
 
         return StochasticDepth, f"keras_cv.layers.StochasticDepth (keras-cv {keras_cv.__version__})"
     except Exception as e:  # pragma: no cover - depends on the installed keras-cv
         reason = f"{type(e).__name__}: {e}"
 
     class InlineKerasCvStochasticDepth(keras.layers.Layer):
-        """keras-cv 0.9 semantics: ``shortcut + b * residual``, b ~ Bernoulli(1 - rate) per batch."""
+        """keras-cv 0.9 semantics: ``shortcut + b * residual``, b ~ Bernoulli(1 - rate) a batch."""
 
         def __init__(self, rate: float = 0.5, **kwargs: Any):
             super().__init__(**kwargs)
@@ -126,7 +124,9 @@ def cifar_resnet_keras_cv(depth: int, num_classes: int, final_survival: float) -
             prefix = f"conv{s + 2}_block{b + 1}_"
             shortcut = tfsd_resnet._shortcut(ops, x, "pad", stage.channels, stride, prefix)
             shortcut = x if shortcut is None else shortcut
-            residual = tfsd_resnet._branch_fn(ops, "basic", stage.channels, stride, prefix, False)(x)
+            residual = tfsd_resnet._branch_fn(ops, "basic", stage.channels, stride, prefix, False)(
+                x
+            )
             x = sd_cls(rate=1.0 - rates[index], name=f"{prefix}drop")([shortcut, residual])
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
@@ -143,8 +143,17 @@ def cifar_resnet_keras_cv(depth: int, num_classes: int, final_survival: float) -
 class Variant:
     """One model + its compiled training step + its fixed batch."""
 
-    def __init__(self, name: str, group: str, model: keras.Model, batch: int, size: int,
-                 num_classes: int, target: float | None, note: str = ""):
+    def __init__(
+        self,
+        name: str,
+        group: str,
+        model: keras.Model,
+        batch: int,
+        size: int,
+        num_classes: int,
+        target: float | None,
+        note: str = "",
+    ):
         self.name, self.group, self.model = name, group, model
         self.target, self.note = target, note
         rng = np.random.default_rng(0)
@@ -179,7 +188,7 @@ class Variant:
                 self.times.append(dt)
                 if self.sd:  # read outside the timed region
                     self.active.append(
-                        float(sum(l.keep_rate.numpy() for l in self.sd)) / len(self.sd)
+                        float(sum(lay.keep_rate.numpy() for lay in self.sd)) / len(self.sd)
                     )
 
     def summary(self) -> dict[str, Any]:
@@ -198,7 +207,9 @@ class Variant:
         }
         if self.sd:
             out["num_sd_layers"] = len(self.sd)
-            out["expected_active_fraction"] = sum(l.survival_prob for l in self.sd) / len(self.sd)
+            out["expected_active_fraction"] = sum(lay.survival_prob for lay in self.sd) / len(
+                self.sd
+            )
             out["mean_active_fraction"] = statistics.fmean(self.active)
         return out
 
@@ -207,15 +218,19 @@ def timed_interleaved(variants: list[Variant], warmup: int, rounds: int, steps: 
     for v in variants:
         t0 = time.perf_counter()
         v.run(warmup, record=False)
-        print(f"  warm-up {v.name}: {warmup} steps incl. tracing, {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(
+            f"  warm-up {v.name}: {warmup} steps incl. tracing, {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             v.run(steps, record=True)
-        print(f"  round {r + 1}/{rounds}: "
-              + ", ".join(f"{v.name} {np.median(v.times) * 1e3:.0f} ms" for v in variants),
-              flush=True)
+        print(
+            f"  round {r + 1}/{rounds}: "
+            + ", ".join(f"{v.name} {np.median(v.times) * 1e3:.0f} ms" for v in variants),
+            flush=True,
+        )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -248,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effnet-size", type=int, default=128, help="EfficientNet input resolution")
     p.add_argument("--skip-effnet", action="store_true", help="only the ResNet group")
     p.add_argument("--output", default="benchmarks/results/stochastic_depth_speed.json")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke mode: ResNet-20, 2 rounds x 3 steps, B0 at 64x64 batch 4")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: ResNet-20, 2 rounds x 3 steps, B0 at 64x64 batch 4",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.warmup = 3, 2, 2
@@ -265,31 +283,79 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Building {rn} variants (batch {args.batch}, 32x32) ...", flush=True)
     mk = lambda **kw: create_model(name, num_classes=10, **kw)  # noqa: E731
     res_variants = [
-        Variant(f"{rn} no SD", "resnet", mk(survival_prob=1.0), args.batch, 32, 10, None,
-                "baseline: plain Add residuals"),
-        Variant(f"{rn} keras-cv StochasticDepth", "resnet",
-                cifar_resnet_keras_cv(args.depth, 10, pl), args.batch, 32, 10, None,
-                f"mask multiply, branch always computed; {kcv_note}"),
-        Variant(f"{rn} tfsd sample", "resnet", mk(survival_prob=pl, sd_mode="sample"),
-                args.batch, 32, 10, 1.03, "per-example mask multiply"),
-        Variant(f"{rn} tfsd batch skip", "resnet", mk(survival_prob=pl, sd_mode="batch"),
-                args.batch, 32, 10, 0.80, "tf.cond skips dropped branches"),
+        Variant(
+            f"{rn} no SD",
+            "resnet",
+            mk(survival_prob=1.0),
+            args.batch,
+            32,
+            10,
+            None,
+            "baseline: plain Add residuals",
+        ),
+        Variant(
+            f"{rn} keras-cv StochasticDepth",
+            "resnet",
+            cifar_resnet_keras_cv(args.depth, 10, pl),
+            args.batch,
+            32,
+            10,
+            None,
+            f"mask multiply, branch always computed; {kcv_note}",
+        ),
+        Variant(
+            f"{rn} tfsd sample",
+            "resnet",
+            mk(survival_prob=pl, sd_mode="sample"),
+            args.batch,
+            32,
+            10,
+            1.03,
+            "per-example mask multiply",
+        ),
+        Variant(
+            f"{rn} tfsd batch skip",
+            "resnet",
+            mk(survival_prob=pl, sd_mode="batch"),
+            args.batch,
+            32,
+            10,
+            0.80,
+            "tf.cond skips dropped branches",
+        ),
     ]
     timed_interleaved(res_variants, args.warmup, args.rounds, args.steps)
     groups = [(res_variants, res_variants[0])]
 
     if not args.skip_effnet:
         s = args.effnet_size
-        print(f"Building EfficientNet-B0 variants (batch {args.effnet_batch}, {s}x{s}) ...",
-              flush=True)
+        print(
+            f"Building EfficientNet-B0 variants (batch {args.effnet_batch}, {s}x{s}) ...",
+            flush=True,
+        )
         eff_variants = [
-            Variant("keras.applications EfficientNetB0", "efficientnet",
-                    keras.applications.EfficientNetB0(weights=None, classifier_activation=None,
-                                                      input_shape=(s, s, 3)),
-                    args.effnet_batch, s, 1000, None, "baseline: drop-connect 0.2 via Dropout"),
-            Variant("tfsd efficientnet_b0", "efficientnet",
-                    create_model("efficientnet_b0", num_classes=1000, input_shape=(s, s, 3)),
-                    args.effnet_batch, s, 1000, 1.00, "per-sample SD, survival 0.8 (default)"),
+            Variant(
+                "keras.applications EfficientNetB0",
+                "efficientnet",
+                keras.applications.EfficientNetB0(
+                    weights=None, classifier_activation=None, input_shape=(s, s, 3)
+                ),
+                args.effnet_batch,
+                s,
+                1000,
+                None,
+                "baseline: drop-connect 0.2 via Dropout",
+            ),
+            Variant(
+                "tfsd efficientnet_b0",
+                "efficientnet",
+                create_model("efficientnet_b0", num_classes=1000, input_shape=(s, s, 3)),
+                args.effnet_batch,
+                s,
+                1000,
+                1.00,
+                "per-sample SD, survival 0.8 (default)",
+            ),
         ]
         timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps)
         groups.append((eff_variants, eff_variants[0]))
@@ -308,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     config = {k: v for k, v in vars(args).items()}
     config["resnet_input"] = [32, 32, 3]
-    config["step"] = ("tf.function (no XLA): forward(training=True) + "
-                      "SparseCategoricalCrossentropy(from_logits) + SGD(0.01, momentum 0.9)")
+    config["step"] = (
+        "tf.function (no XLA): forward(training=True) + "
+        "SparseCategoricalCrossentropy(from_logits) + SGD(0.01, momentum 0.9)"
+    )
     config["keras_cv_layer"] = kcv_note
 
     lines = [
@@ -328,14 +396,18 @@ def main(argv: list[str] | None = None) -> int:
         tgt = "—" if r["target"] is None else f"≤ {r['target']:.2f}"
         ok = "—" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
         ratio = "1.00 (base)" if r["variant"] == r["baseline"] else f"{r['ratio']:.3f}"
-        lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['p25_ms']:.0f}-"
-                     f"{r['p75_ms']:.0f} | {ratio} | {tgt} | {ok} |")
+        lines.append(
+            f"| {r['variant']} | {r['median_ms']:.1f} | {r['p25_ms']:.0f}-"
+            f"{r['p75_ms']:.0f} | {ratio} | {tgt} | {ok} |"
+        )
     lines.append("")
     for r in rows:
         if "mean_active_fraction" in r:
-            lines.append(f"{r['variant']}: active-block fraction realised "
-                         f"{r['mean_active_fraction']:.3f} (expected "
-                         f"{r['expected_active_fraction']:.3f}, {r['num_sd_layers']} SD layers)")
+            lines.append(
+                f"{r['variant']}: active-block fraction realised "
+                f"{r['mean_active_fraction']:.3f} (expected "
+                f"{r['expected_active_fraction']:.3f}, {r['num_sd_layers']} SD layers)"
+            )
     lines.append(f"keras-cv variant: {kcv_note}")
     table = "\n".join(lines)
     print("\n" + table)
@@ -343,14 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "stochastic_depth_speed",
         "date_utc": started.isoformat(timespec="seconds"),
-        "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started)
-                            .total_seconds(), 1),
+        "duration_s": round(
+            (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1
+        ),
         "machine": machine,
         "config": config,
         "rows": rows,
         "table_markdown": table,
         "reference": "Huang et al. 2016, Deep Networks with Stochastic Depth, Table 2: "
-                     "~25% faster training (0.73x) with linear decay, p_L = 0.5",
+        "~25% faster training (0.73x) with linear decay, p_L = 0.5",
     }
     if os.path.dirname(args.output):
         os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -1,4 +1,5 @@
-"""ResNet-101 (v1.5) on ImageNet with batch-wise stochastic depth (linear, p_L = 0.8), fb.resnet.torch recipe.
+"""ResNet-101 (v1.5) on ImageNet with batch-wise stochastic depth (linear, p_L = 0.8);
+fb.resnet.torch recipe.
 
 Command:
   python -m tfsd.train --config=configs/resnet101.py --model_dir=DIR --data_dir=TFDS_DIR

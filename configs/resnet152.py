@@ -1,10 +1,12 @@
-"""ResNet-152 (v1.5) on ImageNet with batch-wise stochastic depth (linear, p_L = 0.8), fb.resnet.torch recipe.
+"""ResNet-152 (v1.5) on ImageNet with batch-wise stochastic depth (linear, p_L = 0.8);
+fb.resnet.torch recipe.
 
 Command:
   python -m tfsd.train --config=configs/resnet152.py --model_dir=DIR --data_dir=TFDS_DIR
   runlocal (offline synthetic data, 2 CPU cores): --config=resnet152:runlocal
 
-Expected top-1 error: 21.98% with stochastic depth vs 21.78% without (Huang et al. 2016, Sec. 4: no gain at this scale).
+Expected top-1 error: 21.98% with stochastic depth vs 21.78% without (Huang et al. 2016,
+Sec. 4: no gain at this scale).
 Run time: not measured here (no accelerator in this project's CI); 90 epochs at batch 256.
 """
 

@@ -11,8 +11,12 @@ from keras.src.legacy.saving import legacy_h5_format
 
 import tfsd.models.efficientnet as effnet
 from tfsd import layers as sd_layers
-from tfsd.models import create_model, list_models
-from tfsd.models import load_keras_applications_weights, scale_branch_output
+from tfsd.models import (
+    create_model,
+    list_models,
+    load_keras_applications_weights,
+    scale_branch_output,
+)
 
 B_NAMES = list(effnet.EFFICIENTNET)
 LITE_NAMES = list(effnet.EFFICIENTNET_LITE)

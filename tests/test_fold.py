@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 
 import tfsd.models  # noqa: F401  (registration)
-from tfsd import layers as sdl
-from tfsd.models import create_model
-from tfsd.models import fold_stochastic_depth
 from tests.helpers import op_types
+from tfsd import layers as sdl
+from tfsd.models import create_model, fold_stochastic_depth
 
 
 def _randomize_bn(model, seed=0):
@@ -22,9 +21,11 @@ def _randomize_bn(model, seed=0):
 
 
 def _mul_count(model, shape):
-    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-        tf.TensorSpec(shape)
-    ).graph.as_graph_def()
+    graph = (
+        tf.function(lambda x: model(x, training=False))
+        .get_concrete_function(tf.TensorSpec(shape))
+        .graph.as_graph_def()
+    )
     nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
     return sum(n.op == "Mul" for n in nodes)
 
@@ -43,13 +44,13 @@ def test_fold_matches_inference_and_removes_scaling(name, kwargs, shape):
     x = tf.random.stateless_uniform(shape, seed=[1, 2], maxval=255.0)
     folded = fold_stochastic_depth(model)
     np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-5)
-    assert all(l.survival_prob == 1.0 for l in sdl.stochastic_depth_layers(folded))
+    assert all(lay.survival_prob == 1.0 for lay in sdl.stochastic_depth_layers(folded))
     assert not any("Random" in t for t in op_types(lambda t: folded(t), tf.TensorSpec(shape)))
-    scaled = [l for l in sdl.stochastic_depth_layers(model) if l.scale_at == "inference"]
+    scaled = [lay for lay in sdl.stochastic_depth_layers(model) if lay.scale_at == "inference"]
     assert scaled  # the test can fail: there were multiplies to remove
     assert _mul_count(folded, shape) == _mul_count(model, shape) - len(scaled)
     # The input model is untouched.
-    assert all(l.survival_prob < 1.0 for l in sdl.stochastic_depth_layers(model))
+    assert all(lay.survival_prob < 1.0 for lay in sdl.stochastic_depth_layers(model))
 
 
 def test_fold_pair_form_replaces_layer_with_add():

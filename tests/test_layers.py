@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsd import layers as sdl
 from tests.helpers import op_types
+from tfsd import layers as sdl
 
 P = 0.7
 
@@ -152,8 +152,11 @@ def test_mirrored_skipping_residual_trains_with_batchnorm():
     strategy = _mirrored()
     with strategy.scope():
         branch = keras.Sequential(
-            [keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 3, padding="same"),
-             keras.layers.BatchNormalization()]
+            [
+                keras.Input((4, 4, 2)),
+                keras.layers.Conv2D(2, 3, padding="same"),
+                keras.layers.BatchNormalization(),
+            ]
         )
         inp = keras.Input((4, 4, 2))
         model = keras.Model(inp, sdl.StochasticResidual(branch, 0.5, seed=2)(inp))
@@ -213,8 +216,11 @@ def test_survival_one_is_exact_identity_without_random_ops(mode, scale_at):
             layer([shortcut, residual], training=training).numpy(),
             (shortcut + residual).numpy(),
         )
-        types = op_types(lambda s, r: layer([s, r], training=training),
-                         tf.TensorSpec(shortcut.shape), tf.TensorSpec(residual.shape))
+        types = op_types(
+            lambda s, r: layer([s, r], training=training),
+            tf.TensorSpec(shortcut.shape),
+            tf.TensorSpec(residual.shape),
+        )
         assert not any("Random" in t for t in types)
     assert int(layer.step.numpy()) == 0
 
@@ -355,8 +361,11 @@ def test_mixed_precision_dtypes(policy, mode):
 @pytest.mark.parametrize("mode", ["batch", "sample"])
 def test_jit_compile_train_step(mode):
     branch = keras.Sequential(
-        [keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 3, padding="same"),
-         keras.layers.BatchNormalization()]
+        [
+            keras.Input((4, 4, 2)),
+            keras.layers.Conv2D(2, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+        ]
     )
     inp = keras.Input((4, 4, 2))
     h = sdl.StochasticResidual(branch, 0.5, mode=mode, seed=3)(inp)
@@ -371,10 +380,10 @@ def test_jit_compile_train_step(mode):
 
     xla, graph = tf.function(step, jit_compile=True), tf.function(step)
     for _ in range(4):
-        steps = [int(l.step.numpy()) for l in sdl.stochastic_depth_layers(model)]
+        steps = [int(lay.step.numpy()) for lay in sdl.stochastic_depth_layers(model)]
         loss_xla, _ = xla(x)
-        for l, s in zip(sdl.stochastic_depth_layers(model), steps):
-            l.step.assign(s)  # replay the same gates without XLA
+        for lay, s in zip(sdl.stochastic_depth_layers(model), steps):
+            lay.step.assign(s)  # replay the same gates without XLA
         loss_graph, _ = graph(x)
         np.testing.assert_allclose(float(loss_xla), float(loss_graph), rtol=1e-4, atol=1e-4)
 
@@ -462,7 +471,7 @@ def test_bad_inputs():
 def test_linear_schedule_is_the_papers_rule():
     probs = sdl.survival_schedule(54, 0.5)
     assert len(probs) == 54
-    np.testing.assert_allclose(probs, [1 - (l / 54) * 0.5 for l in range(1, 55)])
+    np.testing.assert_allclose(probs, [1 - (i / 54) * 0.5 for i in range(1, 55)])
     assert probs[-1] == pytest.approx(0.5) and probs[0] == pytest.approx(1 - 0.5 / 54)
     # Expected number of active blocks, the paper's (3L - 1) / 4 for p_L = 0.5 (exactly
     # L - (L + 1) / 4 under this rule, which rounds to the paper's figure).

@@ -101,7 +101,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.model.image_size >= 8, f"model.image_size={c.model.image_size} must be >= 8")
     need(0.0 < c.model.survival_prob <= 1.0, "model.survival_prob must be in (0, 1]")
     need(c.model.sd_mode in ("batch", "sample"), f"model.sd_mode={c.model.sd_mode!r}")
-    need(c.model.sd_scale_at in ("inference", "train"), f"model.sd_scale_at={c.model.sd_scale_at!r}")
+    need(
+        c.model.sd_scale_at in ("inference", "train"), f"model.sd_scale_at={c.model.sd_scale_at!r}"
+    )
     need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
     need(c.num_epochs > 0, f"num_epochs={c.num_epochs} must be > 0")
     need(c.total_steps >= 0, f"total_steps={c.total_steps} must be >= 0")

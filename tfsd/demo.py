@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     for i, p in enumerate(probs):
         runs = int(branches[i].calls.numpy())
         print(f"{i:>5} {p:>6.3f} {kept[i] / args.steps:>6.3f} {runs:>11d}")
-    print(f"expected active blocks per step {sum(probs):.2f}, observed {kept.sum() / args.steps:.2f}")
+    print(
+        f"expected active blocks per step {sum(probs):.2f}, observed {kept.sum() / args.steps:.2f}"
+    )
     a, b = model(batch), model(batch)
     graph = tf.function(lambda t: model(t, training=False)).get_concrete_function(
         tf.TensorSpec([None, 16])

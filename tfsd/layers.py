@@ -88,7 +88,7 @@ def survival_schedule(num_blocks: int, final_survival: float, rule: str = "linea
     _check_num_blocks(num_blocks)
     _check_survival_prob(final_survival, "final_survival")
     if rule == "linear":
-        return [1.0 - (l / num_blocks) * (1.0 - final_survival) for l in range(1, num_blocks + 1)]
+        return [1.0 - (i / num_blocks) * (1.0 - final_survival) for i in range(1, num_blocks + 1)]
     if rule == "uniform":
         return [float(final_survival)] * num_blocks
     raise ValueError(f"Unknown survival rule {rule!r}; expected one of {RULES}.")
@@ -223,13 +223,17 @@ class StochasticDepth(keras.layers.Layer):
 
     def _check_pair_shapes(self, input_shape: Any) -> None:
         is_shape = lambda s: isinstance(s, (list, tuple, tf.TensorShape))  # noqa: E731
-        if not (is_shape(input_shape) and len(input_shape) == 2 and all(map(is_shape, input_shape))):
+        if not (
+            is_shape(input_shape) and len(input_shape) == 2 and all(map(is_shape, input_shape))
+        ):
             raise ValueError(
                 f"{type(self).__name__} expects a pair [shortcut, residual], got input shapes "
                 f"{input_shape!r}."
             )
         a, b = (self._as_shape(s) for s in input_shape)
-        compatible = len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+        compatible = len(a) == len(b) and all(
+            x is None or y is None or x == y for x, y in zip(a, b)
+        )
         if not compatible:
             raise ValueError(
                 f"shortcut and residual shapes must be equal, got shortcut shape {a} and residual "
@@ -416,4 +420,6 @@ class StochasticResidual(StochasticDepth):
 
 def stochastic_depth_layers(model: keras.Model) -> list[StochasticDepth]:
     """All stochastic-depth layers of ``model``, nested sub-models included, in build order."""
-    return [l for l in model._flatten_layers(include_self=False) if isinstance(l, StochasticDepth)]
+    return [
+        lay for lay in model._flatten_layers(include_self=False) if isinstance(lay, StochasticDepth)
+    ]

@@ -24,17 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
 import keras
 import ml_collections
-from ml_collections import config_flags
 import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from tfsd import config_lib
+from tfsd import config_lib, distribute, models
 from tfsd import data as data_lib
-from tfsd import distribute
 from tfsd import layers as sd_layers
-from tfsd import models
 
 # -------------------------------------------------------------------------------------------------
 # Command line and config resolution.
@@ -238,7 +236,9 @@ class EMA:
 
     def __init__(self, model: keras.Model, decay: float):
         self.decay = decay
-        self.sources = [v for v in model.weights if v.dtype.startswith("float") and not _is_sd_state(v)]
+        self.sources = [
+            v for v in model.weights if v.dtype.startswith("float") and not _is_sd_state(v)
+        ]
         self.shadows = [
             # A numpy copy: keras.Variable(<tf.Variable>) would wrap (alias) the same variable.
             keras.Variable(v.numpy(), trainable=False, name=f"ema_{v.name}", dtype=v.dtype)
@@ -312,7 +312,9 @@ def build_task(config, data_dir: str | None) -> Task:
             sd_scale_at=config.model.sd_scale_at,
             **overrides,
         )
-        optimizer = make_optimizer(config, make_lr_schedule(config, steps_per_epoch, schedule_steps))
+        optimizer = make_optimizer(
+            config, make_lr_schedule(config, steps_per_epoch, schedule_steps)
+        )
         optimizer.build(model.trainable_variables)
         ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -358,7 +360,9 @@ def make_train_loop(task: Task):
             per_example = _per_example_loss(task, labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
             if wd > 0 and decayed:
-                l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32))) for v in decayed])
+                l2 = tf.add_n(
+                    [tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32))) for v in decayed]
+                )
                 loss += 0.5 * wd * l2 / strategy.num_replicas_in_sync
             scaled = opt.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
@@ -386,7 +390,7 @@ def make_train_loop(task: Task):
             if task.ema is not None:
                 task.ema.update(task.step)
             active = tf.add_n(
-                [tf.cast(l.keep_rate.value, tf.float32) for l in task.sd_layers] or [0.0]
+                [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers] or [0.0]
             )
             out["active_blocks"] = active
             totals = {k: totals[k] + out[k] for k in totals}
@@ -514,18 +518,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     strategy, batch = task.strategy, config.batch_size
     size = config.model.image_size
 
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.build_dataset(
-            config.data, split="train", global_batch_size=batch, image_size=size,
-            seed=config.seed, data_dir=data_dir, input_context=ctx,
-        )  # fmt: skip
-    )
-    eval_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.build_dataset(
-            config.data, split="eval", global_batch_size=batch, image_size=size,
-            seed=config.seed, data_dir=data_dir, input_context=ctx,
-        )  # fmt: skip
-    )
+    def distributed(split: str):
+        return strategy.distribute_datasets_from_function(
+            lambda ctx: data_lib.build_dataset(
+                config.data,
+                split=split,
+                global_batch_size=batch,
+                image_size=size,
+                seed=config.seed,
+                data_dir=data_dir,
+                input_context=ctx,
+            )
+        )
+
+    train_ds, eval_ds = distributed("train"), distributed("eval")
     iterator = iter(train_ds)
     checkpoint = make_checkpoint(task, iterator)
     manager = tf.train.CheckpointManager(
@@ -583,11 +589,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                 manager.save(checkpoint_number=step)
                 last_saved = step
             if eval_every and step % eval_every == 0 and step < task.total_steps:
-                _log_eval(task, evaluate(task, eval_ds, eval_step, config.eval_steps), writers, step)
+                _log_eval(
+                    task, evaluate(task, eval_ds, eval_step, config.eval_steps), writers, step
+                )
         if stop_signal:
             if last_saved != step:
                 manager.save(checkpoint_number=step)
-            logging.warning("Signal %d: checkpoint saved at step %d; exiting.", stop_signal[0], step)
+            logging.warning(
+                "Signal %d: checkpoint saved at step %d; exiting.", stop_signal[0], step
+            )
             sys.exit(128 + stop_signal[0])
     finally:
         for s, handler in previous.items():

@@ -80,12 +80,7 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
 
     folded = keras.models.clone_model(model, clone_function=clone)
     # Weights in model order, minus the step/keep-rate state of replaced pair layers.
-    dropped = {
-        id(v)
-        for l in model.layers
-        if l.name in pair_producers
-        for v in l.weights
-    }
+    dropped = {id(v) for lay in model.layers if lay.name in pair_producers for v in lay.weights}
     folded.set_weights([v.numpy() for v in model.weights if id(v) not in dropped])
     _refresh_normalization(folded)
 
@@ -101,4 +96,3 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
             where = f"cannot fold the survival factor of {layer.name!r}"
             scale_layer_output(producer, layer.survival_prob, where)
     return folded
-
