@@ -45,9 +45,12 @@ How to run (from the repository root, in the project's virtualenv)::
 
 How to read it. ``ratio`` is the variant's median ms/step over its group's baseline (``no_sd`` for
 ResNet-110, ``keras.applications B0`` for EfficientNet). Below 1 is faster. ``pass`` compares with
-the target. The JSON (default ``benchmarks/results/stochastic_depth_speed.json``) holds the same
-rows plus every individual step time, quartiles, the configuration and the machine. CPU numbers
-are not GPU numbers: per-op overheads (``tf.cond``, BatchNorm, small 16-channel convolutions at
+the target, only for the settings the targets are stated for (ResNet-110, batch 64, p_L = 0.5;
+B0 outside ``--quick``): smoke runs and other depths are measured, not judged (at ResNet-20 and
+64×64 B0 the fixed per-block gate costs weigh several times more, and 6 timed steps are noise).
+The JSON (default ``benchmarks/results/stochastic_depth_speed.json``) holds the same rows plus
+every individual step time, quartiles, the configuration and the machine. CPU numbers are not GPU
+numbers: per-op overheads (``tf.cond``, BatchNorm, small 16-channel convolutions at
 batch 64) weigh more on CPU, and the result depends on how busy the machine is.
 """
 
@@ -360,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps)
         groups.append((eff_variants, eff_variants[0]))
 
+    # The issue's targets are stated for ResNet-110 at batch 64 with p_L = 0.5 and for B0 at a
+    # real size; other settings (--quick, other depths) are measured but not judged.
+    judged = {
+        "resnet": not args.quick
+        and (args.depth, args.batch, args.final_survival) == (110, 64, 0.5),
+        "efficientnet": not args.quick,
+    }
     rows = []
     for variants, base in groups:
         base_ms = float(np.median(base.times) * 1e3)
@@ -368,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             row["baseline"] = base.name
             row["ratio"] = row["median_ms"] / base_ms
             row["target"] = v.target
-            row["pass"] = None if v.target is None else bool(row["ratio"] <= v.target)
+            row["pass"] = (
+                None if v.target is None or not judged[v.group] else bool(row["ratio"] <= v.target)
+            )
             rows.append(row)
 
     machine = machine_info()
@@ -394,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         tgt = "—" if r["target"] is None else f"≤ {r['target']:.2f}"
-        ok = "—" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
+        if r["pass"] is None:
+            ok = "—" if r["target"] is None else "not judged (targets are for the full run)"
+        else:
+            ok = "PASS" if r["pass"] else "FAIL"
         ratio = "1.00 (base)" if r["variant"] == r["baseline"] else f"{r['ratio']:.3f}"
         lines.append(
             f"| {r['variant']} | {r['median_ms']:.1f} | {r['p25_ms']:.0f}-"
