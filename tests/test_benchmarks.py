@@ -1,0 +1,51 @@
+"""The benchmark script runs end to end and writes its table and JSON (no timing is asserted)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    path = REPO / "benchmarks" / "stochastic_depth_speed.py"
+    spec = importlib.util.spec_from_file_location("stochastic_depth_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
+    bench = _load_benchmark()
+    out = tmp_path / "speed.json"
+    flags = ["--depth=8", "--batch=8", "--rounds=1", "--steps=2", "--warmup=1",
+             "--effnet-batch=2", "--effnet-size=32", f"--output={out}"]  # fmt: skip
+    assert bench.main(flags) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    names = [r["variant"] for r in result["rows"]]
+    assert names == [
+        "ResNet-8 no SD",
+        "ResNet-8 keras-cv StochasticDepth",
+        "ResNet-8 tfsd sample",
+        "ResNet-8 tfsd batch skip",
+        "keras.applications EfficientNetB0",
+        "tfsd efficientnet_b0",
+    ]
+    for row in result["rows"]:
+        assert row["n_steps"] == len(row["step_ms"]) == 2 and row["median_ms"] > 0
+        assert row["variant"] in printed
+    by_name = dict(zip(names, result["rows"]))
+    assert by_name["ResNet-8 no SD"]["ratio"] == 1.0
+    # ResNet-8 is not the setting the targets are stated for: measured, not judged.
+    assert by_name["ResNet-8 tfsd batch skip"]["pass"] is None
+    assert "not judged" in printed
+    # Three blocks, linear to p_L = 0.5: expected active fraction (5/6 + 2/3 + 1/2) / 3.
+    skip = by_name["ResNet-8 tfsd batch skip"]
+    assert skip["num_sd_layers"] == 3
+    assert skip["expected_active_fraction"] == pytest.approx((5 / 6 + 2 / 3 + 1 / 2) / 3)
+    assert 0.0 <= skip["mean_active_fraction"] <= 1.0
+    assert result["machine"]["tensorflow"] and result["table_markdown"] in printed
