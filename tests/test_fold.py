@@ -98,3 +98,17 @@ def test_scale_layer_output_scales_batchnorm_without_center():
         tfsd.models.scale_layer_output(bn, -1.0)
     with pytest.raises(ValueError, match="expected a BatchNormalization"):
         tfsd.models.scale_layer_output(keras.layers.ReLU(), 2.0)
+
+
+def test_fold_pair_form_looks_through_scale_equivariant_layers():
+    # The residual reaches the pair layer through Dropout and padding: p goes into the Conv.
+    inp = keras.Input((6, 6, 3))
+    r = keras.layers.Conv2D(3, 3, name="res")(inp)
+    r = keras.layers.ZeroPadding2D(1)(keras.layers.Dropout(0.2)(r))
+    model = keras.Model(inp, sdl.StochasticDepth(0.6, seed=1, name="sd")([inp, r]))
+    model.get_layer("res").bias.assign([0.1, -0.2, 0.3])
+    folded = fold_stochastic_depth(model)
+    x = tf.random.stateless_normal([2, 6, 6, 3], seed=[0, 4])
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+    np.testing.assert_allclose(folded.get_layer("res").kernel, 0.6 * model.get_layer("res").kernel)
+    np.testing.assert_allclose(folded.get_layer("res").bias, 0.6 * model.get_layer("res").bias)

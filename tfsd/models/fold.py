@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 
 from tfsd import layers as sd_layers
-from tfsd.models.weights import scale_branch_output, scale_layer_output
+from tfsd.models.weights import scale_branch_output, scale_layer_output, tensor_producer
 
 
 def _refresh_normalization(model: keras.Model) -> None:
@@ -23,6 +23,12 @@ def _refresh_normalization(model: keras.Model) -> None:
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()
+
+
+def _is_pair_form(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, sd_layers.StochasticDepth) and not isinstance(
+        layer, sd_layers.StochasticResidual
+    )
 
 
 def fold_stochastic_depth(model: keras.Model) -> keras.Model:
@@ -34,7 +40,8 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
     * `StochasticResidual` with ``scale_at="train"``: inference is already the plain sum; the layer
       is rebuilt with ``survival_prob=1.0``.
     * `StochasticDepth` (the ``[shortcut, residual]`` form): replaced by ``keras.layers.Add``
-      with p folded into the layer that produced the residual.
+      with p folded into the layer that produced the residual (looking through dropout, padding,
+      pooling and reshapes, as for branches).
 
     The input model is not modified. Outputs of the folded model equal ``model(x,
     training=False)`` up to float rounding (tested within 1e-5).
@@ -60,27 +67,18 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
                 "handles layers at the top level of the model only."
             )
 
-    # Residual producers of pair-form StochasticDepth layers, found in the original graph.
-    pair_producers: dict[str, str] = {}
-    for layer in model.layers:
-        if isinstance(layer, sd_layers.StochasticDepth) and not isinstance(
-            layer, sd_layers.StochasticResidual
-        ):
-            residual = layer._inbound_nodes[0].arguments.args[0][1]
-            pair_producers[layer.name] = residual._keras_history.operation.name
-
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, sd_layers.StochasticResidual):
             config = layer.get_config()
             config["survival_prob"] = 1.0
             return sd_layers.StochasticResidual.from_config(config)
-        if isinstance(layer, sd_layers.StochasticDepth):
+        if _is_pair_form(layer):
             return keras.layers.Add(name=layer.name, dtype=layer.dtype_policy)
         return layer.__class__.from_config(layer.get_config())
 
     folded = keras.models.clone_model(model, clone_function=clone)
     # Weights in model order, minus the step/keep-rate state of replaced pair layers.
-    dropped = {id(v) for lay in model.layers if lay.name in pair_producers for v in lay.weights}
+    dropped = {id(v) for lay in model.layers if _is_pair_form(lay) for v in lay.weights}
     folded.set_weights([v.numpy() for v in model.weights if id(v) not in dropped])
     _refresh_normalization(folded)
 
@@ -92,7 +90,8 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
         if isinstance(layer, sd_layers.StochasticResidual):
             scale_branch_output(folded.get_layer(layer.name), layer.survival_prob)
         else:
-            producer = folded.get_layer(pair_producers[layer.name])
+            # The Add that replaced the pair layer: fold p into what produced its residual input.
             where = f"cannot fold the survival factor of {layer.name!r}"
-            scale_layer_output(producer, layer.survival_prob, where)
+            residual = folded.get_layer(layer.name)._inbound_nodes[0].input_tensors[1]
+            scale_layer_output(tensor_producer(residual, where), layer.survival_prob, where)
     return folded

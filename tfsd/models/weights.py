@@ -106,25 +106,42 @@ def _is_linear(activation: Any) -> bool:
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
 
+def tensor_producer(tensor: Any, where: str) -> keras.layers.Layer:
+    """The layer whose output ``tensor`` is up to a positive scale.
+
+    Walks back from a symbolic tensor through layers that commute with a positive scale
+    (dropout, padding, pooling, reshape…) and into the outputs of nested sub-models.
+
+    Raises:
+      ValueError: the tensor is a model input, or a sub-model on the way has several outputs.
+    """
+    op, node_index, _ = tensor._keras_history
+    while True:
+        while isinstance(op, _SCALE_EQUIVARIANT):
+            node = op._inbound_nodes[node_index]
+            if len(node.input_tensors) != 1:
+                break
+            op, node_index, _ = node.input_tensors[0]._keras_history
+        if isinstance(op, keras.Model):
+            op, node_index, _ = _single_output(op, where)._keras_history
+            continue
+        if isinstance(op, keras.layers.InputLayer):
+            raise ValueError(f"{where}: the branch output is its input; nothing to scale.")
+        return op
+
+
+def _single_output(model: keras.Model, where: str) -> Any:
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        raise ValueError(f"{where}: sub-model {model.name!r} must have a single output.")
+    return outputs[0]
+
+
 def _output_producer(layer: keras.layers.Layer, where: str) -> keras.layers.Layer:
     """The layer computing ``layer``'s output, looking through sub-models and equivariant ops."""
-    while True:
-        if isinstance(layer, keras.Model):
-            outputs = getattr(layer, "outputs", None)
-            if not outputs or len(outputs) != 1:
-                raise ValueError(f"{where}: sub-model {layer.name!r} must have a single output.")
-            op, node_index, _ = outputs[0]._keras_history
-            while isinstance(op, _SCALE_EQUIVARIANT):
-                node = op._inbound_nodes[node_index]
-                if len(node.input_tensors) != 1:
-                    break
-                op, node_index, _ = node.input_tensors[0]._keras_history
-            layer = op
-            if isinstance(layer, keras.Model):
-                continue
-            if isinstance(layer, keras.layers.InputLayer):
-                raise ValueError(f"{where}: the branch output is its input; nothing to scale.")
-        return layer
+    if isinstance(layer, keras.Model):
+        return tensor_producer(_single_output(layer, where), where)
+    return layer
 
 
 def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: float):
@@ -158,7 +175,6 @@ def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: fl
         raise ValueError(
             f"scale_branch_output needs a StochasticResidual, got {type(residual_layer).__name__}."
         )
-    _check_factor(factor)
     where = f"scale_branch_output({residual_layer.name!r})"
     return scale_layer_output(_output_producer(residual_layer.branch, where), factor, where)
 
