@@ -148,6 +148,8 @@ class DatasetInfo(NamedTuple):
     train_split: str
     eval_split: str
     native_image_size: int | None  # side of the stored square images; None if sizes vary.
+    # Label names in label order (TFDS ClassLabel names, folder names); None if unnamed.
+    class_names: tuple[str, ...] | None = None
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -424,6 +426,7 @@ def _resolve_folder(c: ml_collections.ConfigDict) -> _Plan:
         train_split="train",
         eval_split="eval",
         native_image_size=None,
+        class_names=classes,
     )
     return _Plan("folder", info, _auto(c.preprocess, "inception"), True, None, files)
 
@@ -478,6 +481,7 @@ def _resolve_tfds(c: ml_collections.ConfigDict, data_dir: str | None) -> _Plan:
         train_split=train_split,
         eval_split=eval_split,
         native_image_size=height if height is not None and height == width else None,
+        class_names=tuple(features["label"].names),
     )
     return _Plan("tfds", info, _auto(c.preprocess, spec.preprocess), spec.flip, builder, None)
 
@@ -919,12 +923,42 @@ def _preprocess_decoded(image, plan: _Plan, train: bool, seed, image_size: int):
 
 
 def _preprocess_encoded(image_bytes, plan: _Plan, train: bool, seed, image_size: int):
+    """Encoded bytes to float32 ``[S, S, 3]`` in [0, 255]; the one decode path of tfsd.
+
+    ``build_dataset`` uses it for TFDS and folder examples, `make_eval_image_fn` (and through it
+    the exported ``serving_bytes`` / ``serving_examples`` signatures) for eval.
+    """
     # Inception crops decode only the crop window; other modes need the whole image anyway.
     if plan.preprocess == "inception":
         if train:
             return decode_and_inception_crop(image_bytes, seed, image_size, flip=plan.flip)
         return decode_and_center_crop(image_bytes, image_size)
     return _preprocess_decoded(decode_image(image_bytes), plan, train, seed, image_size)
+
+
+def make_eval_image_fn(
+    config: Mapping[str, Any], image_size: int, *, data_dir: str | None = None
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The eval preprocessing of ``config``'s dataset, for one encoded image.
+
+    Returns a function mapping a scalar string tensor of JPEG/PNG/BMP/GIF bytes to float32
+    ``[image_size, image_size, 3]`` in [0, 255]: exactly what ``build_dataset(split="eval")``
+    does to a stored image (same function, ``_preprocess_encoded``). Used by the exported
+    ``serving_bytes`` and ``serving_examples`` signatures. Undecodable bytes raise
+    ``InvalidArgumentError`` when the function runs.
+
+    Raises:
+        ValueError, DatasetNotPreparedError, FileNotFoundError: as ``get_dataset_info``.
+    """
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    plan = _resolve(_merged_config(config), data_dir)
+
+    def fn(image_bytes: tf.Tensor) -> tf.Tensor:
+        image = _preprocess_encoded(image_bytes, plan, False, None, image_size)
+        return tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, 3])
+
+    return fn
 
 
 def build_dataset(

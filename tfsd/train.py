@@ -280,6 +280,29 @@ class Task:
     sd_layers: list
 
 
+def build_model(config, num_classes: int, num_replicas: int = 1) -> keras.Model:
+    """The run's model, as ``config.model`` describes it (also used by `tfsd.export`).
+
+    Builds under the current dtype policy and distribution scope; variables (and so
+    checkpoints) are float32 whatever the precision.
+    """
+    size = config.model.image_size
+    overrides = config.model.overrides.to_dict()
+    if num_replicas > 1 and config.model.sd_mode == "batch":
+        # Keras BatchNormalization updates mirrored statistics with cross-replica ops; replicas
+        # skipping different blocks would issue different collectives, so gates are synced.
+        overrides.setdefault("sync_replicas", True)
+    return models.create_model(
+        config.model.name,
+        num_classes=num_classes,
+        input_shape=(size, size, 3),
+        survival_prob=config.model.survival_prob,
+        sd_mode=config.model.sd_mode,
+        sd_scale_at=config.model.sd_scale_at,
+        **overrides,
+    )
+
+
 def build_task(config, data_dir: str | None) -> Task:
     config_lib.validate(config)
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
@@ -296,22 +319,8 @@ def build_task(config, data_dir: str | None) -> Task:
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     keras.mixed_precision.set_global_policy(policy[config.precision])
     strategy = distribute.get_strategy(config.distribute)
-    size = config.model.image_size
-    overrides = config.model.overrides.to_dict()
-    if strategy.num_replicas_in_sync > 1 and config.model.sd_mode == "batch":
-        # Keras BatchNormalization updates mirrored statistics with cross-replica ops; replicas
-        # skipping different blocks would issue different collectives, so gates are synced.
-        overrides.setdefault("sync_replicas", True)
     with strategy.scope():
-        model = models.create_model(
-            config.model.name,
-            num_classes=num_classes,
-            input_shape=(size, size, 3),
-            survival_prob=config.model.survival_prob,
-            sd_mode=config.model.sd_mode,
-            sd_scale_at=config.model.sd_scale_at,
-            **overrides,
-        )
+        model = build_model(config, num_classes, num_replicas=strategy.num_replicas_in_sync)
         optimizer = make_optimizer(
             config, make_lr_schedule(config, steps_per_epoch, schedule_steps)
         )
