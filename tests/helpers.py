@@ -2,7 +2,22 @@
 
 from collections.abc import Callable
 
+import keras
+import numpy as np
 import tensorflow as tf
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Gives every BatchNormalization non-trivial gamma, beta and moving statistics.
+
+    Freshly built models have gamma 1 and beta 0, which would hide folding and export errors.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for v in (layer.gamma, layer.beta, layer.moving_mean):
+                v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
 
 
 def op_types(fn: Callable, *specs: tf.TensorSpec) -> set[str]:

@@ -1,5 +1,10 @@
 """fold_stochastic_depth: folded inference models equal the originals and carry no SD ops."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -7,17 +12,9 @@ import tensorflow as tf
 
 import tfsd.models  # noqa: F401  (registration)
 from tests.helpers import op_types
+from tests.helpers import randomize_batchnorm as _randomize_bn
 from tfsd import layers as sdl
 from tfsd.models import create_model, fold_stochastic_depth
-
-
-def _randomize_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            for v in (layer.gamma, layer.beta, layer.moving_mean):
-                v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
 
 
 def _mul_count(model, shape):
@@ -44,7 +41,7 @@ def test_fold_matches_inference_and_removes_scaling(name, kwargs, shape):
     x = tf.random.stateless_uniform(shape, seed=[1, 2], maxval=255.0)
     folded = fold_stochastic_depth(model)
     np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-5)
-    assert all(lay.survival_prob == 1.0 for lay in sdl.stochastic_depth_layers(folded))
+    assert not sdl.stochastic_depth_layers(folded)  # plain Keras: no tfsd layer left
     assert not any("Random" in t for t in op_types(lambda t: folded(t), tf.TensorSpec(shape)))
     scaled = [lay for lay in sdl.stochastic_depth_layers(model) if lay.scale_at == "inference"]
     assert scaled  # the test can fail: there were multiplies to remove
@@ -112,3 +109,95 @@ def test_fold_pair_form_looks_through_scale_equivariant_layers():
     np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
     np.testing.assert_allclose(folded.get_layer("res").kernel, 0.6 * model.get_layer("res").kernel)
     np.testing.assert_allclose(folded.get_layer("res").bias, 0.6 * model.get_layer("res").bias)
+
+
+def test_fold_refuses_residual_whose_producer_output_has_other_consumers():
+    """Review gap: ``r`` also feeds a Concatenate, so folding p into ``res`` would change it too.
+
+    The old fold scaled ``res`` silently: the folded model's concat output was wrong by 0.7x.
+    """
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="h")(inp)
+    r = keras.layers.Dense(6, name="res")(h)
+    y = sdl.StochasticDepth(0.7, seed=1, name="sd")([h, r])
+    model = keras.Model(inp, keras.layers.Concatenate()([y, r]))
+    with pytest.raises(ValueError, match="cannot fold.*'res'.*also feeds"):
+        fold_stochastic_depth(model)
+    # The same through a scale-equivariant layer, and a residual that is also a model output.
+    r2 = keras.layers.Dense(6, name="res2")(h)
+    d = keras.layers.Dropout(0.1)(r2)
+    model2 = keras.Model(inp, [sdl.StochasticDepth(0.7, seed=1)([h, d]), r2])
+    with pytest.raises(ValueError, match="cannot fold.*'res2'.*also feeds"):
+        fold_stochastic_depth(model2)
+
+
+def test_fold_with_exclusive_residual_still_folds():
+    # Control for the test above: the same graph without the extra consumer folds and matches.
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="h")(inp)
+    r = keras.layers.Dense(6, name="res")(h)
+    y = sdl.StochasticDepth(0.7, seed=1, name="sd")([h, r])
+    model = keras.Model(inp, keras.layers.Concatenate()([y, h]))
+    folded = fold_stochastic_depth(model)
+    x = tf.random.stateless_normal([3, 6], seed=[2, 3])
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("cifar_resnet20", dict(width=0.25, sd_scale_at="inference")),
+        ("efficientnet_b0", dict(width=0.25, depth=0.34, sd_scale_at="train")),
+    ],
+)
+def test_folded_model_is_plain_keras_and_loads_without_tfsd(tmp_path, name, kwargs):
+    model = create_model(name, num_classes=5, input_shape=(16, 16, 3), survival_prob=0.5, **kwargs)
+    _randomize_bn(model)
+    folded = fold_stochastic_depth(model)
+    assert "tfsd" not in json.dumps(folded.get_config())
+    assert not sdl.stochastic_depth_layers(folded)
+    # Every stochastic block became a plain Add named after the layer it replaced.
+    for layer in sdl.stochastic_depth_layers(model):
+        assert isinstance(folded.get_layer(layer.name), keras.layers.Add)
+    x = tf.random.stateless_uniform([2, 16, 16, 3], seed=[5, 6], maxval=255.0)
+    path, expected = tmp_path / "folded.keras", tmp_path / "expected.npy"
+    folded.save(path)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(expected, model(x, training=False).numpy())
+    # A fresh interpreter that never imports tfsd loads and runs the folded model.
+    code = (
+        "import sys, numpy as np, keras\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        f"y = m(np.load({str(tmp_path / 'x.npy')!r}), training=False)\n"
+        f"np.testing.assert_allclose(y, np.load({str(expected)!r}), rtol=1e-5, atol=1e-5)\n"
+        "assert 'tfsd' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_fold_mul_count_equals_model_without_stochastic_depth():
+    kwargs = dict(num_classes=5, input_shape=(32, 32, 3), width=0.25, depth=0.34)
+    model = create_model("efficientnet_b0", survival_prob=0.5, sd_scale_at="inference", **kwargs)
+    plain = create_model("efficientnet_b0", survival_prob=1.0, **kwargs)
+    shape = (2, 32, 32, 3)
+    assert _mul_count(model, shape) > _mul_count(plain, shape)  # there is something to fold
+    assert _mul_count(fold_stochastic_depth(model), shape) == _mul_count(plain, shape)
+
+
+def test_fold_replaces_channel_pad_for_unknown_spatial_size():
+    # The transpose form of the plain-Keras channel pad (H, W unknown at build time).
+    model = create_model(
+        "cifar_resnet20", num_classes=5, input_shape=(None, None, 3), width=0.25, survival_prob=0.5
+    )
+    _randomize_bn(model)
+    folded = fold_stochastic_depth(model)
+    assert "tfsd" not in json.dumps(folded.get_config())
+    for size in (16, 24):
+        x = tf.random.stateless_uniform([2, size, size, 3], seed=[7, size], maxval=255.0)
+        np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-5, atol=1e-5)

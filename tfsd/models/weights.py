@@ -115,19 +115,52 @@ def tensor_producer(tensor: Any, where: str) -> keras.layers.Layer:
     Raises:
       ValueError: the tensor is a model input, or a sub-model on the way has several outputs.
     """
+    return producer_path(tensor, where)[0]
+
+
+def producer_path(
+    tensor: Any, where: str, container: keras.Model | None = None
+) -> tuple[keras.layers.Layer, list[tuple[Any, keras.Model | None]]]:
+    """`tensor_producer` and the symbolic tensors walked to reach it.
+
+    Returns ``(producer, path)``: ``path`` lists ``(tensor, model)`` pairs from ``tensor`` back to
+    the producer's output, each with the functional model whose graph holds it (``container`` for
+    the first; the sub-model for tensors inside one), so callers can check that scaling the
+    producer changes nothing but ``tensor`` (`tensor_consumers`).
+    """
+    path = [(tensor, container)]
     op, node_index, _ = tensor._keras_history
     while True:
         while isinstance(op, _SCALE_EQUIVARIANT):
             node = op._inbound_nodes[node_index]
             if len(node.input_tensors) != 1:
                 break
+            path.append((node.input_tensors[0], container))
             op, node_index, _ = node.input_tensors[0]._keras_history
         if isinstance(op, keras.Model):
-            op, node_index, _ = _single_output(op, where)._keras_history
+            container = op
+            inner = _single_output(op, where)
+            path.append((inner, container))
+            op, node_index, _ = inner._keras_history
             continue
         if isinstance(op, keras.layers.InputLayer):
             raise ValueError(f"{where}: the branch output is its input; nothing to scale.")
-        return op
+        return op, path
+
+
+def tensor_consumers(tensor: Any, model: keras.Model | None) -> int:
+    """How many times a symbolic tensor is used: as a layer input, or as an output of ``model``.
+
+    Counts the nodes (layer calls) of the tensor's producer that take ``tensor`` as an input —
+    Keras 3 records them in ``Operation._outbound_nodes`` (keras/src/ops/operation.py,
+    keras/src/ops/node.py) — plus one if ``tensor`` is one of ``model.outputs``.
+    """
+    op = tensor._keras_history[0]
+    uses = sum(
+        any(t is tensor for t in node.input_tensors) for node in getattr(op, "_outbound_nodes", [])
+    )
+    outputs = getattr(model, "outputs", None) or []
+    return uses + sum(o is tensor for o in outputs)
 
 
 def _single_output(model: keras.Model, where: str) -> Any:
