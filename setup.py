@@ -18,6 +18,9 @@ setuptools.setup(
         "ml-collections>=1.0,<2",
         "tensorflow-datasets>=4.9.9,<5",
         "tensorboard>=2.21,<2.22",
+        # PredictionLog / ModelServerConfig protos for warm-up files and models.config; the
+        # same minor version as TensorFlow, as TF Serving releases are cut with it.
+        "tensorflow-serving-api>=2.21,<2.22",
     ],
     extras_require={
         "test": [
@@ -25,7 +28,14 @@ setuptools.setup(
             "pytest-xdist>=3.5,<4",
             # keras-cv is frozen; it is only a reference in tests and benchmarks.
             "keras-cv==0.9.0",
+            # Real photos (PNG and JPEG files inside the wheel) for decoding and serving tests.
+            "scikit-image>=0.24,<1",
         ],
     },
-    entry_points={"console_scripts": ["tfsd-train=tfsd.train:run_main"]},
+    entry_points={
+        "console_scripts": [
+            "tfsd-train=tfsd.train:run_main",
+            "tfsd-export=tfsd.export:run_main",
+        ]
+    },
 )

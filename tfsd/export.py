@@ -54,7 +54,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from tfsd import data as data_lib
-from tfsd import models
+from tfsd import models, train
 
 SIGNATURES = ("serving_default", "serving_bytes", "serving_examples")
 # Input key of each signature (REST: {"instances": [...]} rows map to the single input).
@@ -555,8 +555,6 @@ def restore_run(
     Raises:
       ExportError: no run, no checkpoint, or a checkpoint that does not match the model.
     """
-    from tfsd import train  # the loop defines how a run's model and EMA are built and saved
-
     if weights not in (None, "ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}.")
     config = load_run_config(model_dir)
@@ -657,58 +655,67 @@ def export_keras_file(path: str, export_base: str, **kwargs: Any) -> str:
 # Command line.
 # -------------------------------------------------------------------------------------------------
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory to export.")
-_KERAS_MODEL = flags.DEFINE_string("keras_model", None, "A .keras model file to export instead.")
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base path: versions go in BASE/<N>/.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default: the latest.")
-_VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
-_WEIGHTS = flags.DEFINE_enum("weights", None, ["ema", "raw"], "Default: EMA if the run has it.")
-_FOLD = flags.DEFINE_bool("fold", True, "Fold stochastic depth into the weights.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory of the run's dataset.")
-_MODEL_NAME = flags.DEFINE_string("model_name", None, "Name in TF Serving; default: BASE's name.")
-_CONTAINER_BASE = flags.DEFINE_string(
-    "container_base_path", None, "BASE as the server sees it; default /models/<model_name>."
-)
-_PREPROCESS = flags.DEFINE_enum(
-    "preprocess", "inception", ["inception", "cifar", "none"], "--keras_model only."
-)
-_CLASS_NAMES = flags.DEFINE_string(
-    "class_names", None, "--keras_model only: a text file with one class name per line."
-)
+
+def _define_flags() -> list[str]:
+    """Defines the CLI's flags; ``model_dir`` and ``data_dir`` are tfsd.train's own (imported)."""
+    f = flags
+    defined = dict(
+        keras_model=f.DEFINE_string("keras_model", None, "A .keras model file to export instead."),
+        export_dir=f.DEFINE_string("export_dir", None, "Base path: versions go in BASE/<N>/."),
+        checkpoint=f.DEFINE_string("checkpoint", None, "Checkpoint prefix; default: the latest."),
+        version=f.DEFINE_integer("version", None, "Version number; default: the next free one."),
+        weights=f.DEFINE_enum("weights", None, ["ema", "raw"], "Default: EMA if the run has it."),
+        fold=f.DEFINE_bool("fold", True, "Fold stochastic depth into the weights."),
+        model_name=f.DEFINE_string("model_name", None, "Name in TF Serving; default: BASE's name."),
+        container_base_path=f.DEFINE_string(
+            "container_base_path", None, "BASE as the server sees it; default /models/<name>."
+        ),
+        preprocess=f.DEFINE_enum(
+            "preprocess", "inception", ["inception", "cifar", "none"], "--keras_model only."
+        ),
+        class_names=f.DEFINE_string(
+            "class_names", None, "--keras_model only: a text file with one class name per line."
+        ),
+    )
+    return [*defined, "model_dir", "data_dir"]
+
+
+_FLAGS: list[str] = []
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not _EXPORT_DIR.value:
+    v = {name: flags.FLAGS[name].value for name in _FLAGS}
+    if not v["export_dir"]:
         raise app.UsageError("--export_dir is required.")
-    if bool(_MODEL_DIR.value) == bool(_KERAS_MODEL.value):
+    if bool(v["model_dir"]) == bool(v["keras_model"]):
         raise app.UsageError("Give exactly one of --model_dir and --keras_model.")
     common = dict(
-        version=_VERSION.value,
-        fold=_FOLD.value,
-        model_name=_MODEL_NAME.value,
-        container_base_path=_CONTAINER_BASE.value,
+        version=v["version"],
+        fold=v["fold"],
+        model_name=v["model_name"],
+        container_base_path=v["container_base_path"],
     )
     try:
-        if _MODEL_DIR.value:
+        if v["model_dir"]:
             path = export_run(
-                _MODEL_DIR.value,
-                _EXPORT_DIR.value,
-                checkpoint=_CHECKPOINT.value,
-                weights=_WEIGHTS.value,
-                data_dir=_DATA_DIR.value,
+                v["model_dir"],
+                v["export_dir"],
+                checkpoint=v["checkpoint"],
+                weights=v["weights"],
+                data_dir=v["data_dir"],
                 **common,
             )
         else:
             names = None
-            if _CLASS_NAMES.value:
-                with tf.io.gfile.GFile(_CLASS_NAMES.value) as f:
+            if v["class_names"]:
+                with tf.io.gfile.GFile(v["class_names"]) as f:
                     names = [line.strip() for line in f if line.strip()]
             path = export_keras_file(
-                _KERAS_MODEL.value,
-                _EXPORT_DIR.value,
-                preprocess=_PREPROCESS.value,
+                v["keras_model"],
+                v["export_dir"],
+                preprocess=v["preprocess"],
                 class_names=names,
                 **common,
             )
@@ -719,6 +726,8 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.export`` and the ``tfsd-export`` console script."""
+    if not _FLAGS:
+        _FLAGS.extend(_define_flags())
     app.run(main)
 
 

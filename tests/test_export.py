@@ -1,0 +1,525 @@
+"""tfsd.export: folded, versioned, verified SavedModels for TF Serving, and their contract.
+
+There is no ``tensorflow_model_server`` binary in the package registries reachable here, so the
+server's side is checked through its contract: ``tf.saved_model.load`` in a fresh process,
+``saved_model_cli``, warm-up records replayed through their signatures, and REST bodies mapped to
+tensors as TF Serving's REST API does.
+"""
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+
+from tests.helpers import randomize_batchnorm
+from tfsd import data as data_lib
+from tfsd import export, models, train
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NAMES = [f"class_{i}" for i in range(10)]
+SIZE = 32
+
+# Two tiny models, one per family and per scaling convention: the CIFAR ResNet with the paper's
+# scaling (p folded into the branch's last BatchNorm), EfficientNet with inverted scaling.
+VARIANTS = {
+    "resnet": dict(
+        name="cifar_resnet20", width=0.25, survival_prob=0.5, sd_scale_at="inference",
+        preprocess="none",
+    ),
+    "effnet": dict(
+        name="efficientnet_b0", width=0.25, depth=0.34, survival_prob=0.5, sd_scale_at="train",
+        preprocess="inception",
+    ),
+}  # fmt: skip
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def _build(variant, **changes):
+    kwargs = dict(VARIANTS[variant], **changes)
+    name, preprocess = kwargs.pop("name"), kwargs.pop("preprocess")
+    model = models.create_model(name, num_classes=10, input_shape=(SIZE, SIZE, 3), **kwargs)
+    randomize_batchnorm(model, seed=len(variant))
+    return model, preprocess
+
+
+def _images(n=8, seed=0):
+    return np.asarray(
+        tf.random.stateless_uniform([n, SIZE, SIZE, 3], seed=[seed, 1], maxval=255.0)
+    ).round()
+
+
+def _snapshot(base):
+    """Every path under ``base`` with the sha256 of each file's bytes."""
+    out = {}
+    for path in sorted(Path(base).rglob("*")):
+        rel = str(path.relative_to(base))
+        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{variant: (keras model, preprocess fn, version dir)} exported once for the module."""
+    out = {}
+    for variant in VARIANTS:
+        model, preprocess = _build(variant)
+        base = tmp_path_factory.mktemp(variant)
+        path = export.export_saved_model(
+            model, str(base), preprocess=preprocess, class_names=NAMES,
+            sample_images=_images(), model_name=variant,
+        )  # fmt: skip
+        out[variant] = (model, export.preprocess_fn(preprocess, SIZE), path)
+    return out
+
+
+def _reference(model, preprocess, images=None, blobs=None):
+    """Unfolded Keras inference logits, preprocessing run eagerly for encoded inputs."""
+    if blobs is not None:
+        images = np.stack([preprocess(tf.constant(b)).numpy() for b in blobs])
+    return model(tf.constant(images, tf.float32), training=False).numpy()
+
+
+# -------------------------------------------------------------------------------------------------
+# The signature contract.
+# -------------------------------------------------------------------------------------------------
+
+_FRESH_PROCESS = """
+import sys, numpy as np, tensorflow as tf
+path, inputs, out = sys.argv[1:]
+m = tf.saved_model.load(path)
+data = np.load(inputs, allow_pickle=True)
+results = {}
+for sig, key in (("serving_default", "images"), ("serving_bytes", "image_bytes"),
+                 ("serving_examples", "examples")):
+    for k, v in m.signatures[sig](**{key: tf.constant(data[key])}).items():
+        results[f"{sig}/{k}"] = v.numpy()
+np.savez(out, **results)
+print("tfsd imported:", "tfsd" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_saved_model_matches_keras_through_every_signature_in_fresh_process(
+    exported, variant, tmp_path
+):
+    model, preprocess, path = exported[variant]
+    images = _images(5, seed=3)
+    blobs = export.encode_jpeg(images)
+    examples = [export.image_example(b) for b in blobs]
+    np.savez(
+        tmp_path / "in.npz", images=images.astype(np.float32),
+        image_bytes=np.array(blobs, dtype=object), examples=np.array(examples, dtype=object),
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, path, str(tmp_path / "in.npz"),
+         str(tmp_path / "out.npz")],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tfsd imported: False" in proc.stdout  # the SavedModel needs no tfsd code
+    out = np.load(tmp_path / "out.npz", allow_pickle=True)
+    expected = {
+        "serving_default": _reference(model, preprocess, images=images),
+        "serving_bytes": _reference(model, preprocess, blobs=blobs),
+    }
+    expected["serving_examples"] = expected["serving_bytes"]
+    for sig, logits in expected.items():
+        assert export.relative_error(out[f"{sig}/logits"], logits) <= 1e-5, sig
+        probs = tf.nn.softmax(logits).numpy()
+        np.testing.assert_allclose(out[f"{sig}/probabilities"], probs, rtol=1e-4, atol=1e-6)
+        top = np.argsort(-probs, axis=1)[:, :5]
+        # Ties aside, classes are the top-5 of the reference, names follow classes.
+        np.testing.assert_array_equal(out[f"{sig}/classes"][:, 0], top[:, 0])
+        assert out[f"{sig}/classes"].dtype == np.int32
+        np.testing.assert_allclose(
+            out[f"{sig}/scores"], np.take_along_axis(probs, out[f"{sig}/classes"], 1), rtol=1e-4
+        )
+        names = [[n.decode() for n in row] for row in out[f"{sig}/class_names"]]
+        assert names == [[NAMES[c] for c in row] for row in out[f"{sig}/classes"]]
+
+
+def _saved_model_cli(*args):
+    proc = subprocess.run(
+        [str(BIN / "saved_model_cli"), *args], capture_output=True, text=True, env=_env(),
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _signature_block(show_all: str, signature: str) -> str:
+    start = show_all.index(f"signature_def['{signature}']")
+    end = show_all.find("signature_def[", start + 1)
+    return show_all[start : end if end > 0 else None]
+
+
+def test_saved_model_cli_shows_documented_signatures_and_runs(exported, tmp_path):
+    model, _, path = exported["resnet"]
+    show = _saved_model_cli("show", "--dir", path, "--all")
+    expected_inputs = {
+        "serving_default": ("images", "DT_FLOAT", f"(-1, {SIZE}, {SIZE}, 3)"),
+        "serving_bytes": ("image_bytes", "DT_STRING", "(-1)"),
+        "serving_examples": ("examples", "DT_STRING", "(-1)"),
+    }
+    outputs = {
+        "logits": ("DT_FLOAT", "(-1, 10)"),
+        "probabilities": ("DT_FLOAT", "(-1, 10)"),
+        "classes": ("DT_INT32", "(-1, 5)"),
+        "scores": ("DT_FLOAT", "(-1, 5)"),
+        "class_names": ("DT_STRING", "(-1, 5)"),
+    }
+    for sig, (key, dtype, shape) in expected_inputs.items():
+        block = _signature_block(show, sig)
+        assert "Method name is: tensorflow/serving/predict" in block
+        inputs, outs = block.split("output(s):")
+        assert f"inputs['{key}'] tensor_info:\n" in inputs, block
+        assert f"dtype: {dtype}\n" in inputs and f"shape: {shape}\n" in inputs, block
+        for out, (odtype, oshape) in outputs.items():
+            part = outs.split(f"outputs['{out}'] tensor_info:")[1].split("name:")[0]
+            assert f"dtype: {odtype}" in part and f"shape: {oshape}" in part, (sig, out, part)
+    # saved_model_cli run on serving_default with an .npy input: same top class as Keras.
+    images = _images(4, seed=9).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    _saved_model_cli(
+        "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+        "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"),
+    )  # fmt: skip
+    classes = np.load(tmp_path / "out" / "classes.npy")
+    logits = model(tf.constant(images), training=False).numpy()
+    np.testing.assert_array_equal(classes[:, 0], logits.argmax(axis=1))
+
+
+def _graph_op_types(path):
+    """Op type of every node of every function in ``saved_model.pb``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString(Path(path, "saved_model.pb").read_bytes())
+    ops = []
+    for meta in sm.meta_graphs:
+        ops += [n.op for n in meta.graph_def.node]
+        ops += [n.op for f in meta.graph_def.library.function for n in f.node_def]
+    return ops
+
+
+def test_exported_graph_has_no_random_op_and_folding_removes_every_multiply(exported, tmp_path):
+    model, preprocess = _build("resnet")
+    plain, _ = _build("resnet", survival_prob=1.0)
+    paths = {
+        "folded": exported["resnet"][2],
+        "unfolded": export.export_saved_model(
+            model, str(tmp_path / "u"), preprocess=preprocess, fold=False, sample_images=_images()
+        ),
+        "plain": export.export_saved_model(
+            plain, str(tmp_path / "p"), preprocess=preprocess, sample_images=_images()
+        ),
+    }
+    ops = {k: _graph_op_types(p) for k, p in paths.items()}
+    for k, types in ops.items():
+        assert not [t for t in types if "Random" in t], k
+    muls = {k: types.count("Mul") for k, types in ops.items()}
+    # The unfolded export multiplies by p in every block (can fail: there is something to fold).
+    assert muls["unfolded"] > muls["plain"]
+    assert muls["folded"] == muls["plain"]
+
+
+def test_warmup_records_are_prediction_logs_that_replay(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    model, preprocess, path = exported["effnet"]
+    records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)))
+    assert 0 < len(records) <= 1000
+    loaded = tf.saved_model.load(path)
+    seen = set()
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        sig = request.model_spec.signature_name
+        assert request.model_spec.name == "effnet"
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        (key, value), = inputs.items()  # fmt: skip
+        assert key == export.INPUT_KEYS[sig]
+        seen.add((sig, len(value)))
+        if sig == "serving_bytes":  # representative content: real decodable images, not zeros
+            decoded = tf.io.decode_jpeg(value[0]).numpy()
+            assert decoded.shape == (SIZE, SIZE, 3) and decoded.std() > 10
+        out = loaded.signatures[sig](**{key: tf.constant(value)})
+        blobs = None
+        if sig == "serving_bytes":
+            blobs = value
+        elif sig == "serving_examples":
+            blobs = [tf.io.parse_single_example(e, {"image/encoded": tf.io.FixedLenFeature(
+                [], tf.string)})["image/encoded"].numpy() for e in value]  # fmt: skip
+        ref = _reference(model, preprocess, images=value if blobs is None else None, blobs=blobs)
+        assert export.relative_error(out["logits"], ref) <= 1e-5, sig
+    assert seen == {(s, n) for s in export.SIGNATURES for n in (1, 8)}
+
+
+def _rest_to_tensor(body: str) -> tf.Tensor:
+    """Maps a REST ``predict`` body in row format to the single input tensor, as TF Serving does.
+
+    TF Serving's REST API (tensorflow_serving/util/json_tensor.h): ``instances`` is a list of rows;
+    with one named input a row is the value itself; ``{"b64": s}`` is the base64-decoded bytes.
+    """
+    rows = json.loads(body)["instances"]
+    values = [base64.b64decode(r["b64"]) if isinstance(r, dict) and "b64" in r else r for r in rows]
+    if all(isinstance(v, bytes) for v in values):
+        return tf.constant(values, tf.string)
+    return tf.constant(values, tf.float32)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rest_b64_body_through_serving_bytes_matches_serving_default(exported, variant):
+    """Real photos (scikit-image's PNG and JPEG files) sent as a REST body."""
+    import skimage.data
+    from PIL import Image
+
+    _, _, path = exported[variant]
+    loaded = tf.saved_model.load(path)
+    files = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+    blobs = [Path(skimage.data.__file__).parent.joinpath(f).read_bytes() for f in files]
+    body = json.dumps({
+        "signature_name": "serving_bytes",
+        "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in blobs],
+    })  # fmt: skip
+    by_bytes = loaded.signatures["serving_bytes"](image_bytes=_rest_to_tensor(body))
+    # The same images decoded by another decoder (Pillow) and preprocessed in Python.
+    mode = VARIANTS[variant]["preprocess"]
+    pixels = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+    crop = data_lib.center_crop if mode == "inception" else data_lib.resize
+    images = np.stack([crop(tf.constant(p), SIZE).numpy() for p in pixels])
+    rows = json.dumps({"instances": images.tolist()})
+    by_images = loaded.signatures["serving_default"](images=_rest_to_tensor(rows))
+    np.testing.assert_array_equal(by_bytes["classes"][:, 0], by_images["classes"][:, 0])
+    # PNG decodes identically everywhere; JPEG decoders may differ by a grey level or so.
+    png = [i for i, f in enumerate(files) if f.endswith(".png")]
+    err = export.relative_error(
+        tf.gather(by_bytes["logits"], png), tf.gather(by_images["logits"], png)
+    )
+    assert err <= 1e-5
+    assert export.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
+
+
+def test_undecodable_input_is_invalid_argument(exported):
+    loaded = tf.saved_model.load(exported["effnet"][2])
+    png = export.encode_jpeg(_images(1))[0]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png, b"not an image"]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png[: len(png) // 3]]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_examples"](examples=tf.constant([b"\x01garbage"]))
+    # A good request still answers afterwards.
+    assert loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["classes"].shape == (
+        1, 5,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------
+# Versions, atomicity, verification.
+# -------------------------------------------------------------------------------------------------
+
+
+def test_versions_are_distinct_and_never_overwritten(tmp_path):
+    model, preprocess = _build("resnet")
+    base = str(tmp_path / "base")
+    kw = dict(preprocess=preprocess, sample_images=_images())
+    assert export.export_saved_model(model, base, **kw) == os.path.join(base, "1")
+    assert export.export_saved_model(model, base, **kw) == os.path.join(base, "2")
+    assert export.export_saved_model(model, base, version=7, **kw) == os.path.join(base, "7")
+    assert export.existing_versions(base) == [1, 2, 7]
+    before = _snapshot(base)
+    with pytest.raises(export.ExportError, match="Version 2 already exists"):
+        export.export_saved_model(model, base, version=2, **kw)
+    assert _snapshot(base) == before
+    # models.config is a ModelServerConfig naming the model and its container path.
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(
+        Path(base, "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    (entry,) = config.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (
+        "base", "/models/base", "tensorflow",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["publish", "verify"])
+def test_failure_before_rename_leaves_base_exactly_as_it_was(tmp_path, monkeypatch, where):
+    model, preprocess = _build("resnet")
+    base = str(tmp_path / "base")
+    kw = dict(preprocess=preprocess, sample_images=_images())
+    export.export_saved_model(model, base, **kw)
+    before = _snapshot(base)
+    written = []
+
+    def fail(path, *args, **kwargs):
+        written.append(sorted(os.listdir(path)))  # the temporary export was really written
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(export, "_publish" if where == "publish" else "verify_export", fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        export.export_saved_model(model, base, **kw)
+    assert "saved_model.pb" in written[0]
+    assert _snapshot(base) == before  # no new entry, no temporary left, version 1 byte-identical
+
+
+def test_fold_check_refuses_to_publish_a_wrong_fold(tmp_path, monkeypatch):
+    model, preprocess = _build("resnet")
+    real_fold = models.fold_stochastic_depth
+
+    def bad_fold(m):
+        folded = real_fold(m)
+        bn = [x for x in folded._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)]
+        bn[-1].beta.assign(bn[-1].beta + 1.0)
+        return folded
+
+    monkeypatch.setattr(models, "fold_stochastic_depth", bad_fold)
+    base = tmp_path / "base"
+    with pytest.raises(export.ExportError, match="folded model differs"):
+        export.export_saved_model(model, str(base), preprocess=preprocess, sample_images=_images())
+    assert not base.exists() or export.existing_versions(str(base)) == []
+
+
+def test_bad_arguments_get_clear_errors(tmp_path):
+    model, preprocess = _build("resnet")
+    base = str(tmp_path / "b")
+    with pytest.raises(ValueError, match="version must be a positive integer"):
+        export.export_saved_model(model, base, version=0, preprocess=preprocess)
+    with pytest.raises(ValueError, match="3 class names for a model with 10 outputs"):
+        export.export_saved_model(model, base, class_names=["a", "b", "c"], preprocess=preprocess)
+    with pytest.raises(ValueError, match="preprocess must be"):
+        export.export_saved_model(model, base, preprocess="bilinear")
+    dynamic = models.create_model(
+        "cifar_resnet20", num_classes=10, input_shape=(None, None, 3), width=0.25
+    )
+    with pytest.raises(ValueError, match="fixed H and W"):
+        export.export_saved_model(dynamic, base)
+    Path(tmp_path, "file").write_text("x")
+    with pytest.raises(export.ExportError, match="not a directory"):
+        export.export_saved_model(model, str(tmp_path / "file"), preprocess=preprocess)
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.export_keras_file(str(tmp_path / "missing.keras"), base)
+    assert export.existing_versions(base) == []
+
+
+def test_keras_file_export_matches_the_saved_model(tmp_path):
+    model, preprocess = _build("effnet")
+    model.save(tmp_path / "m.keras")
+    path = export.export_keras_file(
+        str(tmp_path / "m.keras"), str(tmp_path / "base"), preprocess=preprocess,
+        sample_images=_images(),
+    )  # fmt: skip
+    images = _images(3, seed=4)
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    ref = _reference(model, None, images=images)
+    assert export.relative_error(out["logits"], ref) <= 1e-5
+    assert "class_names" not in out  # no names were given
+
+
+# -------------------------------------------------------------------------------------------------
+# Runs: restoring checkpoints, EMA, errors, and the CLIs end to end.
+# -------------------------------------------------------------------------------------------------
+
+
+def _tiny_run(model_dir, **changes):
+    from tests.test_train import tiny_config
+
+    return train.train_and_evaluate(tiny_config(**changes), str(model_dir))
+
+
+def test_restore_run_uses_ema_when_present_and_raw_on_request(tmp_path):
+    _tiny_run(tmp_path, ema_decay=0.5, total_steps=4)
+    ema_model, config, _, ckpt = export.restore_run(str(tmp_path))
+    raw_model, *_ = export.restore_run(str(tmp_path), weights="raw")
+    reader = tf.train.load_checkpoint(ckpt)
+    ema = train.EMA(ema_model, 0.5)
+    for i, source in enumerate(ema.sources):
+        np.testing.assert_array_equal(
+            source.numpy(), reader.get_tensor(f"ema/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+        )
+    differ = [
+        not np.array_equal(a, b)
+        for a, b in zip(ema_model.trainable_weights, raw_model.trainable_weights)
+    ]
+    assert any(differ)  # EMA and raw weights really are different sets
+    _tiny_run(tmp_path / "no_ema", total_steps=2)
+    with pytest.raises(export.ExportError, match="kept no EMA weights"):
+        export.restore_run(str(tmp_path / "no_ema"), weights="ema")
+
+
+def test_run_errors_are_clear_and_write_nothing(tmp_path):
+    base = tmp_path / "exports"
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.export_run(str(tmp_path / "nope"), str(base))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(export.ExportError, match="no config.json"):
+        export.export_run(str(tmp_path / "empty"), str(base))
+    from tests.test_train import tiny_config
+
+    train.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
+    with pytest.raises(export.ExportError, match="has no checkpoint"):
+        export.export_run(str(tmp_path / "fresh"), str(base))
+    run = tmp_path / "run"
+    _tiny_run(run, total_steps=2)
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.export_run(str(run), str(base), checkpoint=str(run / "checkpoints" / "ckpt-99"))
+    # A checkpoint of another architecture: widen the model in the run's config.
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["overrides"]["width"] = 0.5
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(export.ExportError, match="does not match the model"):
+        export.export_run(str(run), str(base))
+    assert not base.exists()
+
+
+@pytest.mark.slow
+def test_cli_train_then_export_twice(tmp_path):
+    run, base = tmp_path / "run", tmp_path / "exports"
+    train_flags = [
+        "--config=cifar10_resnet110:runlocal", f"--model_dir={run}",
+        "--config.model.name=cifar_resnet20", "--config.model.overrides.width=0.25",
+        "--config.model.image_size=16", "--config.data.synthetic_train_size=256",
+        "--config.data.synthetic_eval_size=32", "--config.batch_size=16",
+        "--config.total_steps=4", "--config.steps_per_loop=2",
+    ]  # fmt: skip
+    kw = dict(cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "tfsd.train", *train_flags], **kw)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = subprocess.run(
+        [sys.executable, "-m", "tfsd.export", f"--model_dir={run}", f"--export_dir={base}"], **kw
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"exported": str(base / "1")}
+    second = subprocess.run(  # the console script
+        [str(BIN / "tfsd-export"), f"--model_dir={run}", f"--export_dir={base}", "--fold=false"],
+        **kw,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert export.existing_versions(str(base)) == [1, 2]
+    assert sorted(os.listdir(base)) == ["1", "2", "models.config"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "tfsd.export", f"--model_dir={run}", f"--export_dir={base}",
+         "--version=1"], **kw,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "Version 1 already exists" in bad.stderr
+    # Both versions answer alike: folding changed nothing but the graph.
+    x = tf.constant(_images(2)[:, :16, :16, :], tf.float32)
+    a, b = (
+        tf.saved_model.load(str(base / v)).signatures["serving_default"](images=x)["logits"]
+        for v in ("1", "2")
+    )
+    assert export.relative_error(a, b) <= 1e-5
