@@ -29,3 +29,26 @@ def op_types(fn: Callable, *specs: tf.TensorSpec) -> set[str]:
         types.update(node.op for node in graph_def.node)
         types.update(n.op for f in graph_def.library.function for n in f.node_def)
     return types
+
+
+def tiny_config(**changes):
+    """cifar10_resnet110:runlocal shrunk to a CIFAR ResNet-20 of width 0.25 at 16×16."""
+    from tfsd import train
+
+    c = train.load_config("cifar10_resnet110:runlocal")
+    c.model.name = "cifar_resnet20"
+    c.model.overrides.width = 0.25
+    c.model.image_size = 16
+    c.data.synthetic_train_size = 256
+    c.data.synthetic_eval_size = 64
+    c.batch_size = 16
+    c.steps_per_loop = 2
+    c.checkpoint_every_steps = 4
+    c.total_steps = 4
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from tests.helpers import randomize_batchnorm
+from tests.helpers import randomize_batchnorm, tiny_config
 from tfsd import data as data_lib
 from tfsd import export, models, train
 
@@ -436,8 +436,6 @@ def test_keras_file_export_matches_the_saved_model(tmp_path):
 
 
 def _tiny_run(model_dir, **changes):
-    from tests.test_train import tiny_config
-
     return train.train_and_evaluate(tiny_config(**changes), str(model_dir))
 
 
@@ -468,8 +466,6 @@ def test_run_errors_are_clear_and_write_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(export.ExportError, match="no config.json"):
         export.export_run(str(tmp_path / "empty"), str(base))
-    from tests.test_train import tiny_config
-
     train.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
     with pytest.raises(export.ExportError, match="has no checkpoint"):
         export.export_run(str(tmp_path / "fresh"), str(base))

@@ -12,31 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import tiny_config
 from tfsd import config_lib, train
 from tfsd import data as data_lib
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**changes):
-    """cifar10_resnet110:runlocal shrunk to a CIFAR ResNet-20 of width 0.25 at 16×16."""
-    c = train.load_config("cifar10_resnet110:runlocal")
-    c.model.name = "cifar_resnet20"
-    c.model.overrides.width = 0.25
-    c.model.image_size = 16
-    c.data.synthetic_train_size = 256
-    c.data.synthetic_eval_size = 64
-    c.batch_size = 16
-    c.steps_per_loop = 2
-    c.checkpoint_every_steps = 4
-    c.total_steps = 4
-    for key, value in changes.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 def _cli(args, **kwargs):
