@@ -63,6 +63,7 @@ INPUT_KEYS = {"serving_default": "images", "serving_bytes": "image_bytes",
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
 MAX_TOP_K = 5
+WARMUP_BATCH_SIZES = (1, 8)  # batch 1 and a typical small batch (<= max_batch_size in export/)
 FOLD_RTOL = 1e-5  # folded vs unfolded, and SavedModel vs Keras: max |a - b| / max |b|.
 _TMP_PREFIX = ".tfsd-export-tmp-"
 
@@ -426,7 +427,7 @@ def export_saved_model(
     sample_images: np.ndarray | None = None,
     model_name: str | None = None,
     container_base_path: str | None = None,
-    warmup_batch_sizes: Sequence[int] = (1, 8),
+    warmup_batch_sizes: Sequence[int] = WARMUP_BATCH_SIZES,
 ) -> str:
     """Exports an in-memory Keras model as ``export_base/<version>/`` for TF Serving.
 
