@@ -519,3 +519,37 @@ def test_cli_train_then_export_twice(tmp_path):
         for v in ("1", "2")
     )
     assert export.relative_error(a, b) <= 1e-5
+
+
+def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
+    tmp_path, monkeypatch
+):
+    """The gs:// path (rename is a copy), run on the local file system."""
+    model, preprocess = _build("resnet")
+    base = tmp_path / "bucket"
+    monkeypatch.setattr(export, "_is_local", lambda path: False)
+    copied = []
+    real_copy = tf.io.gfile.copy
+
+    def recording_copy(src, dst, overwrite=False):
+        copied.append(os.path.relpath(dst, base))
+        return real_copy(src, dst, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", recording_copy)
+    kw = dict(preprocess=preprocess, sample_images=_images())
+    path = export.export_saved_model(model, str(base), **kw)
+    assert copied[-1] == os.path.join("1", "saved_model.pb")
+    assert os.path.join("1", export.WARMUP_FILE) in copied
+    assert any(c.startswith(os.path.join("1", "variables")) for c in copied)
+    assert export.verify_export(path)  # the copy is a complete, loadable SavedModel
+    before = _snapshot(base)
+
+    def failing_copy(src, dst, overwrite=False):
+        if "variables" in dst:
+            raise tf.errors.UnavailableError(None, None, "injected network failure")
+        return real_copy(src, dst, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", failing_copy)
+    with pytest.raises(tf.errors.UnavailableError):
+        export.export_saved_model(model, str(base), **kw)
+    assert _snapshot(base) == before  # no partial version 2, no temporary directory

@@ -124,7 +124,13 @@ def _publish(tmp_dir: str, final_dir: str) -> None:
         # rename(2) within one directory is atomic: TF Serving sees no version or all of it.
         os.rename(tmp_dir, final_dir)
         return
-    _copy_tree_graph_last(tmp_dir, final_dir)
+    try:
+        _copy_tree_graph_last(tmp_dir, final_dir)
+    except BaseException:
+        # A partial copy has no saved_model.pb (it goes last), so no server loads it; remove it.
+        if tf.io.gfile.exists(final_dir):
+            tf.io.gfile.rmtree(final_dir)
+        raise
     tf.io.gfile.rmtree(tmp_dir)
 
 
