@@ -333,6 +333,7 @@ def efficientnet(
     bn_epsilon: float = 1e-3,
     sync_bn: bool = False,
     include_top: bool = True,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """An EfficientNet (or EfficientNet-Lite) scaled from the B0 stage table.
 
@@ -361,6 +362,9 @@ def efficientnet(
       bn_momentum, bn_epsilon: BatchNorm settings (0.99 and 1e-3 as the reference).
       sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe.
       include_top: add the pooled classifier; False returns the ``top_activation`` feature map.
+      sample_skip: with ``sd_mode="sample"``, run each residual branch on its kept examples only
+        (see `tfsd.layers.StochasticResidual`; refused under XLA). None or False (default): the
+        mask form, whose training outputs match keras.applications' bit for bit for equal gates.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -389,6 +393,8 @@ def efficientnet(
         # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
         raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
 
+    # Mask form by default: keras.applications equivalence (BatchNorm sees the whole batch).
+    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, False)
     ops = _Ops(activation, bn_momentum, bn_epsilon, sync_bn)
     plan = block_plan(
         width=width, depth=depth, fix_stem_head=fix_stem_head, survival_prob=survival_prob
@@ -418,6 +424,7 @@ def efficientnet(
             sd_scale_at=sd_scale_at,
             seed=common.block_seed(seed, block.index),
             sync_replicas=sync_replicas,
+            sample_skip=sample_skip,
         )
 
     # Head: 1×1 conv + BN + activation, global average pool, dropout, linear classifier.

@@ -79,6 +79,9 @@ from tfsd.models import common
 from tfsd.models.registry import register
 
 BLOCKS = ("basic", "bottleneck")
+# sample_skip=None in sd_mode="sample": run each branch on its kept examples only (gather/scatter)
+# rather than the mask form; see the README's Benchmarks for the measurement behind the choice.
+SAMPLE_SKIP_DEFAULT = True
 # Output channels of a block relative to its ``Stage.channels`` (He et al. 2016, table 1).
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -282,6 +285,7 @@ def _build(
     bn_epsilon: float,
     sync_bn: bool,
     zero_init_residual: bool,
+    sample_skip: bool | None,
 ) -> keras.Model:
     """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
     if block not in BLOCKS:
@@ -297,6 +301,7 @@ def _build(
         raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
     if sd_scale_at not in sd_layers.SCALE_AT:
         raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
+    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, SAMPLE_SKIP_DEFAULT)
     num_blocks = sum(s.blocks for s in stages)
     # Also validates survival_prob and rule; the list has p_L = 1 everywhere when survival_prob=1.
     rates = sd_layers.survival_schedule(num_blocks, survival_prob, rule)
@@ -346,6 +351,7 @@ def _build(
                 seed=common.block_seed(seed, index),
                 shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
                 sync_replicas=sync_replicas,
+                sample_skip=sample_skip,
             )
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
@@ -378,6 +384,7 @@ def cifar_resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """The stochastic-depth paper's CIFAR ResNet with ``depth = 6n + 2`` layers.
 
@@ -399,6 +406,8 @@ def cifar_resnet(
       bn_momentum, bn_epsilon: BatchNorm settings; Keras momentum 0.9 = Torch momentum 0.1.
       sync_bn: cross-replica (synchronized) BatchNorm.
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
+      sample_skip: with ``sd_mode="sample"``, run each branch on its kept examples only (see
+        `tfsd.layers.StochasticResidual`; refused under XLA). None: `SAMPLE_SKIP_DEFAULT`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -427,6 +436,7 @@ def cifar_resnet(
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
+        sample_skip=sample_skip,
     )
 
 
@@ -450,6 +460,7 @@ def resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """ImageNet ResNet v1.5 (torchvision/timm layout) with stochastic depth on every block.
 
@@ -465,6 +476,7 @@ def resnet(
         as in `cifar_resnet`.
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
       zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
+      sample_skip: as in `cifar_resnet`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -494,6 +506,7 @@ def resnet(
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
+        sample_skip=sample_skip,
     )
 
 
