@@ -232,7 +232,9 @@ def test_sample_skip_drop_frequency_within_4_sigma():
     assert abs(kept.mean() - p) < 4 * math.sqrt(p * (1 - p) / kept.size)
 
 
-def test_sample_skip_gradients_of_dropped_examples_skip_the_branch():
+@pytest.mark.parametrize("graph", [False, True])
+def test_sample_skip_gradients_of_dropped_examples_skip_the_branch(graph):
+    """Also inside tf.function, where switch_case's gradient once failed on IndexedSlices."""
     branch = RecordingBranch()
     layer = sdl.StochasticResidual(branch, 0.5, mode="sample", sample_skip=True, seed=2, name="g")
     mask = sdl.StochasticResidual(branch, 0.5, mode="sample", seed=2, name="g")
@@ -240,8 +242,7 @@ def test_sample_skip_gradients_of_dropped_examples_skip_the_branch():
     w = tf.constant(np.random.default_rng(5).normal(size=(16, 5, 5, 2)).astype("float32"))
     layer(x), mask(x)  # build
 
-    def grads(lay, only_dropped):
-        step = int(lay.step.numpy())
+    def grads_fn(lay, only_dropped):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = lay(x, training=True)
@@ -249,6 +250,17 @@ def test_sample_skip_gradients_of_dropped_examples_skip_the_branch():
             weight = dropped[:, None, None, None] if only_dropped else 1.0
             loss = tf.reduce_sum(y * w * weight)
         gx, *gv = tape.gradient(loss, [x, *branch.trainable_variables])
+        return dropped, gx, gv
+
+    fns = {}
+
+    def grads(lay, only_dropped):
+        key = (lay.sample_skip, only_dropped)
+        if key not in fns:
+            fn = lambda: grads_fn(lay, only_dropped)  # noqa: E731
+            fns[key] = tf.function(fn) if graph else fn
+        step = int(lay.step.numpy())
+        dropped, gx, gv = fns[key]()
         lay.step.assign(step)
         return dropped.numpy(), gx.numpy(), gv
 
@@ -380,3 +392,38 @@ def test_sample_skip_bad_arguments_and_builders():
         "efficientnet_b0", num_classes=10, width=0.25, input_shape=(32, 32, 3), sample_skip=True
     )
     assert {lay.sample_skip for lay in sdl.stochastic_depth_layers(eff)} == {True}
+
+
+def test_sample_skip_trains_a_cifar_resnet_in_a_tf_function():
+    """A full training step of a tiny CIFAR ResNet (pad shortcuts, BatchNorm) with sample_skip.
+
+    Caught: with ``tf.gather_nd`` for the kept rows, GatherNd's ``IndexedSlices`` gradient could
+    not be merged with the dense gradients of the other ``switch_case`` branches (TypeError).
+    """
+    model = create_model(
+        "cifar_resnet20", num_classes=10, width=0.25, sd_mode="sample", sample_skip=True
+    )
+    opt = keras.optimizers.SGD(0.01)
+    opt.build(model.trainable_variables)
+    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[0, 1], maxval=255.0)
+    y = tf.constant(np.arange(8) % 10)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+            )
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        return loss
+
+    before = model.trainable_variables[0].numpy().copy()
+    sd = sdl.stochastic_depth_layers(model)
+    rates = []
+    for _ in range(3):
+        assert np.isfinite(float(step()))
+        rates += [float(lay.keep_rate.numpy()) for lay in sd]
+    assert not np.array_equal(before, model.trainable_variables[0].numpy())
+    assert 0.0 < np.mean(rates) < 1.0

@@ -150,6 +150,21 @@ def efficientnet_survival_schedule(num_blocks: int, drop_rate: float) -> list[fl
 # -------------------------------------------------------------------------------------------------
 
 
+@tf.custom_gradient
+def _gather_rows(x: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, Any]:
+    """``tf.gather_nd(x, rows)`` for ``rows`` of shape [n, 1], with a dense gradient.
+
+    GatherNd's registered gradient is an ``IndexedSlices`` for such indices
+    (tensorflow/python/ops/array_grad.py, ``_GatherNdGrad``), and ``tf.switch_case``'s gradient
+    cannot merge it with the dense gradient of the other branches (a TypeSpec mismatch).
+    """
+
+    def grad(dy: tf.Tensor) -> tuple[tf.Tensor, None]:
+        return tf.scatter_nd(rows, dy, tf.shape(x, out_type=rows.dtype)), None
+
+    return tf.gather_nd(x, rows), grad
+
+
 def name_hash(name: str) -> int:
     """The layer-name term of the gate key: SHA-256 of the UTF-8 name, first 8 bytes, as int64.
 
@@ -501,17 +516,18 @@ class StochasticResidual(StochasticDepth):
                 keep = self._draw_keep(None, 0)
                 return tf.cond(keep, all_kept, all_dropped)
             keep = self._draw_keep(tf.shape(inputs)[0], 1)  # [batch] bool
-            kept = tf.where(keep)  # [n_kept, 1] int64 row indices
 
             def some_kept():
-                # Gradients of tensor_scatter_nd_add w.r.t. the updates, and of gather w.r.t.
+                # Row indices found inside the branch: a tensor captured from outside is not
+                # available to the gradient of a switch_case branch in every graph context.
+                kept = tf.where(keep)  # [n_kept, 1] int64
+                # Gradients of tensor_scatter_nd_add w.r.t. the updates, and of the gather w.r.t.
                 # its params, touch the kept rows only: dropped rows get the shortcut's gradient.
-                return tf.tensor_scatter_nd_add(
-                    shortcut, kept, residual_of(tf.gather_nd(inputs, kept))
-                )
+                residual = residual_of(_gather_rows(inputs, kept))
+                return tf.tensor_scatter_nd_add(shortcut, kept, residual)
 
-            n_kept, n = tf.shape(kept)[0], tf.shape(keep)[0]
-            case = tf.where(n_kept == 0, 0, tf.where(n_kept == n, 2, 1))
+            n_kept = tf.reduce_sum(tf.cast(keep, tf.int32))
+            case = tf.where(n_kept == 0, 0, tf.where(n_kept == tf.size(keep), 2, 1))
             return tf.switch_case(case, [all_dropped, some_kept, all_kept])
 
         if training is True:
