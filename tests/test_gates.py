@@ -378,6 +378,15 @@ def test_sample_skip_bad_arguments_and_builders():
         sdl.StochasticResidual(keras.layers.Dense(2), 0.5, mode="sample", sample_skip=1)
     with pytest.raises(ValueError, match="sample_skip=True needs sd_mode='sample'"):
         create_model("cifar_resnet20", num_classes=10, width=0.25, sample_skip=True)
+    with pytest.raises(ValueError, match="sync_bn=True with skipping"):
+        create_model(
+            "cifar_resnet20",
+            num_classes=10,
+            width=0.25,
+            sd_mode="sample",
+            sample_skip=True,
+            sync_bn=True,
+        )
     kw = dict(num_classes=10, width=0.25, input_shape=(16, 16, 3))
     res = create_model("cifar_resnet20", sd_mode="sample", **kw)
     from tfsd.models import resnet

@@ -42,6 +42,10 @@ Defaults and why:
     reference's and keras.applications' convention, so imported weights need no folding).
     ``sd_scale_at="inference"`` works too; `load_keras_applications_weights` then folds 1/p into
     each residual block's ``project_bn``.
+  * ``sample_skip=None`` (the mask form): every branch runs on the whole batch, so BatchNorm sees
+    the batch keras.applications' does and training outputs match it bit for bit for equal gates.
+    ``sample_skip=True`` runs each residual branch on its kept examples only (see
+    `tfsd.layers.StochasticResidual`; not under XLA).
   * BatchNorm momentum 0.99 and epsilon 1e-3 (reference and keras.applications).
   * keras.applications' initialisers: conv kernels VarianceScaling(2, fan_out, truncated normal),
     classifier VarianceScaling(1/3, fan_out, uniform), zero biases.
@@ -388,13 +392,17 @@ def efficientnet(
     bad = isinstance(survival_prob, bool) or not isinstance(survival_prob, (int, float))
     if bad or not 0.0 < survival_prob <= 1.0:
         raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}.")
-    if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond branches around a
-        # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
-
     # Mask form by default: keras.applications equivalence (BatchNorm sees the whole batch).
     sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, False)
+    skips = sd_mode == "batch" or sample_skip
+    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
+        # Replicas drawing different gates would take different tf.cond / switch_case branches
+        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+        raise ValueError(
+            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
+            "sync_replicas=True."
+        )
+
     ops = _Ops(activation, bn_momentum, bn_epsilon, sync_bn)
     plan = block_plan(
         width=width, depth=depth, fix_stem_head=fix_stem_head, survival_prob=survival_prob

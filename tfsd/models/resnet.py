@@ -79,9 +79,12 @@ from tfsd.models import common
 from tfsd.models.registry import register
 
 BLOCKS = ("basic", "bottleneck")
-# sample_skip=None in sd_mode="sample": run each branch on its kept examples only (gather/scatter)
-# rather than the mask form; see the README's Benchmarks for the measurement behind the choice.
-SAMPLE_SKIP_DEFAULT = True
+# sample_skip=None in sd_mode="sample" builds the mask form. The one benchmark run so far (README,
+# Benchmarks: ResNet-110, 2-core machine at load average 2.7-6.4) put sample skip at 1.004x of no
+# stochastic depth against 1.056x for the mask, but 1.076x vs 1.054x and 0.838x vs 0.998x in its
+# two repeats: no reliable saving shown, while the skip form changes BatchNorm's statistics and
+# refuses XLA. Opt in with sample_skip=True; revisit when a quiet machine shows the saving.
+SAMPLE_SKIP_DEFAULT = False
 # Output channels of a block relative to its ``Stage.channels`` (He et al. 2016, table 1).
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -301,14 +304,18 @@ def _build(
         raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
     if sd_scale_at not in sd_layers.SCALE_AT:
         raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
-    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, SAMPLE_SKIP_DEFAULT)
     num_blocks = sum(s.blocks for s in stages)
     # Also validates survival_prob and rule; the list has p_L = 1 everywhere when survival_prob=1.
     rates = sd_layers.survival_schedule(num_blocks, survival_prob, rule)
-    if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond branches around a
-        # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
+    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, SAMPLE_SKIP_DEFAULT)
+    skips = sd_mode == "batch" or sample_skip
+    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
+        # Replicas drawing different gates would take different tf.cond / switch_case branches
+        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+        raise ValueError(
+            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
+            "sync_replicas=True."
+        )
     ops = _Ops(bn_momentum, bn_epsilon, sync_bn, conv_fan)
     _ensure_recursion_limit(num_blocks)
 
