@@ -21,7 +21,7 @@ def _load_benchmark():
 def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     bench = _load_benchmark()
     out = tmp_path / "speed.json"
-    flags = ["--depth=8", "--batch=8", "--rounds=1", "--steps=2", "--warmup=1",
+    flags = ["--depth=8", "--batch=8", "--rounds=1", "--steps=2", "--warmup=1", "--repeats=1",
              "--effnet-batch=2", "--effnet-size=32", f"--output={out}"]  # fmt: skip
     assert bench.main(flags) == 0
     printed = capsys.readouterr().out
@@ -30,10 +30,12 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     assert names == [
         "ResNet-8 no SD",
         "ResNet-8 keras-cv StochasticDepth",
-        "ResNet-8 tfsd sample",
+        "ResNet-8 tfsd sample mask",
+        "ResNet-8 tfsd sample skip",
         "ResNet-8 tfsd batch skip",
         "keras.applications EfficientNetB0",
         "tfsd efficientnet_b0",
+        "tfsd efficientnet_b0 sample skip",
     ]
     for row in result["rows"]:
         assert row["n_steps"] == len(row["step_ms"]) == 2 and row["median_ms"] > 0
@@ -48,4 +50,8 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     assert skip["num_sd_layers"] == 3
     assert skip["expected_active_fraction"] == pytest.approx((5 / 6 + 2 / 3 + 1 / 2) / 3)
     assert 0.0 <= skip["mean_active_fraction"] <= 1.0
+    assert by_name["ResNet-8 tfsd sample skip"]["repeat_ratios"][0] > 0
+    gates = result["gate_overhead"]
+    assert gates["num_blocks"] == 3 and gates["per_layer_ms"] > 0 and gates["fused_ms"] > 0
+    assert len(result["load_average_before"]) == 3 and "load average" in printed
     assert result["machine"]["tensorflow"] and result["table_markdown"] in printed

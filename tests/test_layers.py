@@ -87,9 +87,10 @@ def test_sample_mode_frequencies_and_independence(scale_at):
 
 
 def test_same_seed_and_step_reproduce_and_steps_differ():
+    """Same seed, same name and same step: the same gates (the name is part of the key)."""
     shortcut, residual = _pair(batch=64)
-    a = sdl.StochasticDepth(0.5, mode="sample", seed=3)
-    b = sdl.StochasticDepth(0.5, mode="sample", seed=3)
+    a = sdl.StochasticDepth(0.5, mode="sample", seed=3, name="block")
+    b = sdl.StochasticDepth(0.5, mode="sample", seed=3, name="block")
     ga = _gates(a, shortcut, residual, 5)
     gb = _gates(b, shortcut, residual, 5)
     np.testing.assert_array_equal(ga, gb)
@@ -103,8 +104,8 @@ def test_same_seed_and_step_reproduce_and_steps_differ():
 
 def test_different_seeds_draw_different_gates():
     shortcut, residual = _pair(batch=64)
-    ga = _gates(sdl.StochasticDepth(0.5, mode="sample", seed=1), shortcut, residual, 3)
-    gb = _gates(sdl.StochasticDepth(0.5, mode="sample", seed=2), shortcut, residual, 3)
+    ga = _gates(sdl.StochasticDepth(0.5, mode="sample", seed=1, name="b"), shortcut, residual, 3)
+    gb = _gates(sdl.StochasticDepth(0.5, mode="sample", seed=2, name="b"), shortcut, residual, 3)
     assert not np.array_equal(ga, gb)
 
 
@@ -128,7 +129,9 @@ def test_mirrored_replicas_draw_own_or_synced_gates(sync_replicas):
     strategy = _mirrored()
     x = tf.ones([256, 2])
     with strategy.scope():
-        layer = sdl.StochasticDepth(0.5, mode="sample", seed=9, sync_replicas=sync_replicas)
+        layer = sdl.StochasticDepth(
+            0.5, mode="sample", seed=9, sync_replicas=sync_replicas, name="sd"
+        )
         layer([x, x])  # build inside the scope: one counter per replica
 
     @tf.function
@@ -142,7 +145,7 @@ def test_mirrored_replicas_draw_own_or_synced_gates(sync_replicas):
         else:
             assert not np.array_equal(r0.numpy(), r1.numpy())
     # Replica 0 with sync_replicas draws what a single-device layer with the same seed draws.
-    single = sdl.StochasticDepth(0.5, mode="sample", seed=9)
+    single = sdl.StochasticDepth(0.5, mode="sample", seed=9, name="sd")
     expected = single([x, x], training=True).numpy()
     np.testing.assert_array_equal(per_replica[0][0].numpy(), expected)
     assert int(layer.step.numpy()) == 3
@@ -318,8 +321,10 @@ def test_residual_matches_stochastic_depth(scale_at):
     """Sample mode and inference of the wrapper equal StochasticDepth on the branch output."""
     branch = keras.layers.Dense(3)
     x = tf.constant(np.random.default_rng(2).normal(size=(32, 3)).astype("float32"))
-    wrapper = sdl.StochasticResidual(branch, 0.6, mode="sample", scale_at=scale_at, seed=8)
-    plain = sdl.StochasticDepth(0.6, mode="sample", scale_at=scale_at, seed=8)
+    wrapper = sdl.StochasticResidual(
+        branch, 0.6, mode="sample", scale_at=scale_at, seed=8, name="blk"
+    )
+    plain = sdl.StochasticDepth(0.6, mode="sample", scale_at=scale_at, seed=8, name="blk")
     for training in (True, True, False):
         np.testing.assert_allclose(
             wrapper(x, training=training), plain([x, branch(x)], training=training), rtol=1e-6

@@ -14,6 +14,9 @@ Two layers implement it:
   training it evaluates the branch inside a ``tf.cond``, so a dropped block's branch is not run at
   all, forward or backward, and its BatchNorm statistics are not updated. This is the paper's
   training-time saving (Table 2: ~25% with p_L = 0.5); mask-multiply implementations pay full price.
+  With ``mode="sample", sample_skip=True`` it runs the branch on the kept examples only (gather,
+  branch, scatter back; DINOv2's ``drop_add_residual_stochastic_depth`` applied to per-example
+  stochastic depth), so a dropped example costs nothing either.
 
 Conventions (see ``../shared/REFERENCES.md``, "Variants in the wild"):
 
@@ -25,20 +28,40 @@ Conventions (see ``../shared/REFERENCES.md``, "Variants in the wild"):
   are divided by p during training and inference is the plain sum.
 
 Randomness. Every gate comes from ``tf.random.stateless_uniform`` (full-range uint32 Philox draws,
-kept when below ``round(p * 2**32)``: bit-identical on CPU, GPU and under XLA) keyed by
-``fold_in(fold_in([0, seed], step), replica)``:
+kept when below ``round(p * 2**32)``: bit-identical on CPU, GPU and under XLA), with
+``alg="philox"`` named everywhere. The Philox key of a layer's draw at one step is::
+
+    key = fold_in(fold_in(fold_in([0, seed], name_hash), step), replica)
+
+where ``fold_in`` is ``tf.random.experimental.stateless_fold_in(seed, data, alg="philox")`` (it
+returns ``[uniform_full_int(seed), data]``) and
 
 * ``seed``: the layer's integer seed (``seed=None`` draws one from Python's ``random`` module at
   construction, which ``keras.utils.set_random_seed`` controls; the drawn value is stored in
   ``get_config`` so a saved model keeps its random stream).
+* ``name_hash``: the first 8 bytes of ``hashlib.sha256(layer.name.encode("utf-8")).digest()`` read
+  as a little-endian *signed* int64 (see `name_hash`). Python's ``hash()`` is salted per process
+  and is not used. Layer names are unique within a Keras model and kept by ``get_config``, so
+  blocks built with one shared seed (``StochasticDepth(p, seed=42)`` in a loop) still draw
+  independent gates, and a ``.keras`` round trip keeps every stream. Keras makes up names such as
+  ``stochastic_depth_3`` from a per-session counter: name the layers (as the tfsd builders do) if
+  a model rebuilt in the same process must draw the same gates.
 * ``step``: a non-trainable int64 variable of the layer (``<layer>/sd_step``) incremented by every
   training call. It is part of the model's weights and of every checkpoint, so a resumed run
   continues the same stream. It is a sync-on-read variable: each replica increments its own copy
   without communication and checkpoints save replica 0's value.
 * ``replica``: ``tf.distribute.get_replica_context().replica_id_in_sync_group`` (0 outside a
-  strategy), so each replica draws its own gates. ``sync_replicas=True`` leaves the replica out, so
+  strategy), so each replica draws its own gates. ``sync_replicas=True`` folds in 0 instead, so
   every replica draws the same gates: required when the branch holds cross-replica ops (e.g.
   synchronized BatchNorm), so replicas never take different control flow.
+
+The inner fold depends only on the layer, and ``fold_in(k, step)`` is ``[uniform_full_int(k),
+step]``, so ``uniform_full_int(fold_in([0, seed], name_hash))`` is computed once (eagerly, on first
+use) and a training step runs two Philox calls per layer: the replica fold and the draw itself.
+One fused draw for all the blocks of a model would need the model, not the layer, to own the
+stream (a draw keyed on a block's position, handed to each block): that breaks the per-layer,
+name-keyed streams above and the two-input ``[shortcut, residual]`` API, so tfsd keeps one draw
+per layer (``benchmarks/stochastic_depth_speed.py`` measures what fusing would save).
 
 Inference (``training`` False or None) builds no random op, and ``survival_prob=1.0`` is an exact
 identity ``shortcut + residual`` in every mode and phase.
@@ -46,6 +69,7 @@ identity ``shortcut + residual`` in every mode and phase.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -53,6 +77,12 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+
+# Private, but the check tf.function itself uses to decide whether it is already inside an XLA
+# cluster (tensorflow/python/eager/polymorphic_function/polymorphic_function.py, ``__call__`` and
+# ``OptionalXlaContext``): a jit_compile=True function enters an XLAControlFlowContext on the
+# graph it is traced from, and TPU replication (TPUReplicateContext) is one too.
+from tensorflow.python.ops import control_flow_util
 
 MODES = ("batch", "sample")
 SCALE_AT = ("inference", "train")
@@ -120,6 +150,34 @@ def efficientnet_survival_schedule(num_blocks: int, drop_rate: float) -> list[fl
 # -------------------------------------------------------------------------------------------------
 
 
+@tf.custom_gradient
+def _gather_rows(x: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, Any]:
+    """``tf.gather_nd(x, rows)`` for ``rows`` of shape [n, 1], with a dense gradient.
+
+    GatherNd's registered gradient is an ``IndexedSlices`` for such indices
+    (tensorflow/python/ops/array_grad.py, ``_GatherNdGrad``), and ``tf.switch_case``'s gradient
+    cannot merge it with the dense gradient of the other branches (a TypeSpec mismatch).
+    """
+
+    def grad(dy: tf.Tensor) -> tuple[tf.Tensor, None]:
+        return tf.scatter_nd(rows, dy, tf.shape(x, out_type=rows.dtype)), None
+
+    return tf.gather_nd(x, rows), grad
+
+
+def name_hash(name: str) -> int:
+    """The layer-name term of the gate key: SHA-256 of the UTF-8 name, first 8 bytes, as int64.
+
+    Stable across processes, platforms and Python versions (unlike the salted ``hash()``).
+    """
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little", signed=True)
+
+
+def in_xla_context() -> bool:
+    """True while tracing inside ``tf.function(jit_compile=True)``, ``xla.compile`` or a TPU."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _check_survival_prob(value: Any, name: str = "survival_prob") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}.")
@@ -184,6 +242,7 @@ class StochasticDepth(keras.layers.Layer):
         self.seed = seed
         self.step = None
         self.keep_rate = None
+        self._layer_key = None  # uniform_full_int(fold_in([0, seed], name_hash)), set on first draw
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -248,12 +307,33 @@ class StochasticDepth(keras.layers.Layer):
             return tf.constant(0, tf.int64)
         return tf.cast(ctx.replica_id_in_sync_group, tf.int64)
 
+    def layer_key(self) -> int:
+        """``k = uniform_full_int(fold_in([0, seed], name_hash(name)))``, this layer's constant.
+
+        The key of the draw at ``step`` on ``replica`` is ``fold_in([k, step], replica)``; see the
+        module docstring. Computed eagerly once (a Philox call on two constants), so the training
+        graph holds it as a constant.
+        """
+        if self._layer_key is None:
+            with tf.init_scope():  # eager even when first called while tracing a tf.function
+                # Philox named explicitly: "auto_select" resolves differently in XLA and TF.
+                base = tf.random.experimental.stateless_fold_in(
+                    tf.constant([0, self.seed], tf.int64),
+                    tf.constant(name_hash(self.name), tf.int64),
+                    alg="philox",
+                )
+                k = tf.random.stateless_uniform(
+                    [], seed=base, minval=None, maxval=None, dtype=tf.int64, alg="philox"
+                )
+                self._layer_key = int(k.numpy())
+        return self._layer_key
+
     def _draw_keep(self, batch_size: Any, rank: int) -> tf.Tensor:
         """Draws the Bernoulli(p) keep decisions (bool) and advances the step counter."""
         step = tf.identity(self.step.value)
-        seed = tf.constant([0, self.seed], tf.int64)
-        # Philox named explicitly: "auto_select" resolves differently in XLA and TF kernels.
-        seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+        # [k, step] is exactly stateless_fold_in(fold_in([0, seed], name_hash), step): fold_in
+        # returns [uniform_full_int(seed), data] (tensorflow/python/ops/stateless_random_ops.py).
+        seed = tf.stack([tf.constant(self.layer_key(), tf.int64), step])
         seed = tf.random.experimental.stateless_fold_in(seed, self._replica_id(), alg="philox")
         if self.mode == "batch":
             shape = []
@@ -333,7 +413,21 @@ class StochasticResidual(StochasticDepth):
     ``mode="batch"`` during training the branch runs inside ``tf.cond``: a dropped block costs
     nothing forward or backward, its variables get zero gradients (``None`` when running eagerly,
     since the branch never touched the tape) and its BatchNorm moving statistics stay unchanged.
-    In ``mode="sample"`` and at inference it computes exactly what `StochasticDepth` computes.
+
+    In ``mode="sample"`` the default (``sample_skip=False``) computes exactly what
+    `StochasticDepth` computes: the branch on the whole batch, times a per-example mask. With
+    ``sample_skip=True`` a training call gathers the kept examples, runs the branch on them only
+    and scatters the result back (``tf.tensor_scatter_nd_add`` onto the shortcut); dropped
+    examples get exactly the shortcut, and neither their forward nor their backward pass touches
+    the branch. All-kept and all-dropped batches take fast paths (the plain sum, the shortcut).
+    The gates, the key and ``keep_rate`` are the same as the mask form's. One semantic difference:
+    a batch-coupled op in the branch (BatchNorm in training) sees only the kept examples, so its
+    batch statistics and moving-average updates come from them (as in the paper's batch mode,
+    where a dropped block's statistics are not updated) and outputs are not bit-equal to the mask
+    form; branches without such ops give bit-equal outputs, and inference is unchanged. The
+    kept subset has a data-dependent size, so ``sample_skip=True`` is refused (ValueError) inside
+    ``tf.function(jit_compile=True)`` and on TPU; use the mask form there. The layer also sets
+    ``supports_jit = False``, so Keras' ``jit_compile="auto"`` does not pick XLA for its model.
 
     Example:
       >>> branch = keras.Sequential([keras.layers.Conv2D(16, 3, padding="same")])
@@ -342,6 +436,8 @@ class StochasticResidual(StochasticDepth):
     Args:
       branch: a Keras layer (often a functional sub-model) computing the residual.
       survival_prob, mode, scale_at, sync_replicas, seed: as in `StochasticDepth`.
+      sample_skip: in ``mode="sample"``, run the branch on the kept examples only (training).
+        Must be False in ``mode="batch"``, which always skips.
       **kwargs: standard Keras layer arguments.
     """
 
@@ -353,6 +449,7 @@ class StochasticResidual(StochasticDepth):
         scale_at: str = "inference",
         sync_replicas: bool = False,
         seed: int | None = None,
+        sample_skip: bool = False,
         **kwargs: Any,
     ):
         super().__init__(
@@ -365,7 +462,18 @@ class StochasticResidual(StochasticDepth):
         )
         if not isinstance(branch, keras.layers.Layer):
             raise ValueError(f"branch must be a keras Layer, got {type(branch).__name__}.")
+        if not isinstance(sample_skip, bool):
+            raise ValueError(f"sample_skip must be a bool, got {sample_skip!r}.")
+        if sample_skip and mode != "sample":
+            raise ValueError(
+                f"sample_skip=True applies to mode='sample' only (mode={mode!r} already skips "
+                "dropped branches whole)."
+            )
         self.branch = branch
+        self.sample_skip = sample_skip
+        if sample_skip:
+            # Read by model_supports_jit (keras/src/trainers/trainer.py): jit_compile="auto" -> off.
+            self.supports_jit = False
 
     def build(self, inputs_shape: Any, shortcut_shape: Any = None) -> None:
         if not self.branch.built:
@@ -376,22 +484,51 @@ class StochasticResidual(StochasticDepth):
         inputs = tf.convert_to_tensor(inputs)
         shortcut = inputs if shortcut is None else tf.convert_to_tensor(shortcut)
         training = _resolve_training(training)
-        if training is False or self.survival_prob == 1.0 or self.mode == "sample":
+        skips = self.mode == "batch" or self.sample_skip
+        if training is False or self.survival_prob == 1.0 or not skips:
             residual = self.branch(inputs, training=training)
             return super().call([shortcut, residual], training=training)
+        if self.sample_skip and in_xla_context():
+            raise ValueError(
+                f"{self.name}: sample_skip=True runs the branch on a data-dependent subset of the "
+                "batch, which XLA cannot compile (jit_compile=True or TPU). Build the model with "
+                "sample_skip=False (the per-example mask form, same gates) to train under XLA."
+            )
 
         dtype = self.compute_dtype
         shortcut = tf.cast(shortcut, dtype)
 
-        def run_branch():
-            residual = tf.cast(self.branch(inputs, training=True), dtype)
-            self._check_pair_shapes([shortcut.shape, residual.shape])
-            return shortcut + self._gate(tf.constant(True), dtype) * residual
+        def residual_of(x):
+            residual = tf.cast(self.branch(x, training=True), dtype)
+            # The batch axis of a kept subset is shorter than the shortcut's: compare the rest.
+            self._check_pair_shapes([shortcut.shape[1:], residual.shape[1:]])
+            return self._gate(tf.constant(True), dtype) * residual
+
+        def all_kept():
+            return shortcut + residual_of(inputs)
+
+        def all_dropped():
+            # No branch op is built on this side.
+            return tf.identity(shortcut)
 
         def train_fn():
-            keep = self._draw_keep(None, 0)
-            # The dropped side returns the shortcut unchanged: no branch op is built in it.
-            return tf.cond(keep, run_branch, lambda: tf.identity(shortcut))
+            if self.mode == "batch":
+                keep = self._draw_keep(None, 0)
+                return tf.cond(keep, all_kept, all_dropped)
+            keep = self._draw_keep(tf.shape(inputs)[0], 1)  # [batch] bool
+
+            def some_kept():
+                # Row indices found inside the branch: a tensor captured from outside is not
+                # available to the gradient of a switch_case branch in every graph context.
+                kept = tf.where(keep)  # [n_kept, 1] int64
+                # Gradients of tensor_scatter_nd_add w.r.t. the updates, and of the gather w.r.t.
+                # its params, touch the kept rows only: dropped rows get the shortcut's gradient.
+                residual = residual_of(_gather_rows(inputs, kept))
+                return tf.tensor_scatter_nd_add(shortcut, kept, residual)
+
+            n_kept = tf.reduce_sum(tf.cast(keep, tf.int32))
+            case = tf.where(n_kept == 0, 0, tf.where(n_kept == tf.size(keep), 2, 1))
+            return tf.switch_case(case, [all_dropped, some_kept, all_kept])
 
         if training is True:
             return train_fn()
@@ -408,6 +545,7 @@ class StochasticResidual(StochasticDepth):
 
     def get_config(self) -> dict:
         config = super().get_config()
+        config["sample_skip"] = self.sample_skip
         config["branch"] = keras.saving.serialize_keras_object(self.branch)
         return config
 

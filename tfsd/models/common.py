@@ -44,8 +44,27 @@ def normalize_pixels(
 
 
 def block_seed(seed: int | None, index: int) -> int | None:
-    """Seed of block ``index`` in a model built with ``seed`` (None: each layer draws its own)."""
+    """Seed of block ``index`` in a model built with ``seed`` (None: each layer draws its own).
+
+    Distinct seeds are not needed for independence any more (every gate key also holds a hash of
+    the layer's name, see `tfsd.layers`), but they keep each block's stream what it was for a
+    given ``seed`` and name.
+    """
     return None if seed is None else seed * 100_003 + index
+
+
+def resolve_sample_skip(sample_skip: bool | None, sd_mode: str, default: bool) -> bool:
+    """A builder's ``sample_skip`` argument: None takes the family's ``default`` in sample mode.
+
+    Batch mode always skips whole branches, so there ``sample_skip`` must be None or False.
+    """
+    if sample_skip is None:
+        return default and sd_mode == "sample"
+    if not isinstance(sample_skip, bool):
+        raise ValueError(f"sample_skip must be a bool or None, got {sample_skip!r}.")
+    if sample_skip and sd_mode != "sample":
+        raise ValueError(f"sample_skip=True needs sd_mode='sample', got sd_mode={sd_mode!r}.")
+    return sample_skip
 
 
 def residual(
@@ -59,6 +78,7 @@ def residual(
     seed: int | None,
     shortcut: keras.KerasTensor | None = None,
     sync_replicas: bool = False,
+    sample_skip: bool = False,
 ) -> keras.KerasTensor:
     """``shortcut + branch_fn(x)`` with stochastic depth on the branch.
 
@@ -66,7 +86,7 @@ def residual(
     (``{name}add``): no stochastic-depth layer at all. Otherwise the branch becomes a functional
     sub-model ``{name}branch`` (its layers keep their own names, so weights still port by name)
     wrapped in a `tfsd.layers.StochasticResidual` named ``{name}drop``, which skips the branch's
-    compute when a batch-mode gate drops it.
+    compute when a batch-mode gate drops it (and, with ``sample_skip``, for dropped examples).
     """
     shortcut = x if shortcut is None else shortcut
     if survival_prob == 1.0:
@@ -80,6 +100,7 @@ def residual(
         scale_at=sd_scale_at,
         sync_replicas=sync_replicas,
         seed=seed,
+        sample_skip=sample_skip,
         name=f"{name}drop",
     )
     return layer(x, shortcut=None if shortcut is x else shortcut)

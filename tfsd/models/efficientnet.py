@@ -42,6 +42,10 @@ Defaults and why:
     reference's and keras.applications' convention, so imported weights need no folding).
     ``sd_scale_at="inference"`` works too; `load_keras_applications_weights` then folds 1/p into
     each residual block's ``project_bn``.
+  * ``sample_skip=None`` (the mask form): every branch runs on the whole batch, so BatchNorm sees
+    the batch keras.applications' does and training outputs match it bit for bit for equal gates.
+    ``sample_skip=True`` runs each residual branch on its kept examples only (see
+    `tfsd.layers.StochasticResidual`; not under XLA).
   * BatchNorm momentum 0.99 and epsilon 1e-3 (reference and keras.applications).
   * keras.applications' initialisers: conv kernels VarianceScaling(2, fan_out, truncated normal),
     classifier VarianceScaling(1/3, fan_out, uniform), zero biases.
@@ -333,6 +337,7 @@ def efficientnet(
     bn_epsilon: float = 1e-3,
     sync_bn: bool = False,
     include_top: bool = True,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """An EfficientNet (or EfficientNet-Lite) scaled from the B0 stage table.
 
@@ -361,6 +366,9 @@ def efficientnet(
       bn_momentum, bn_epsilon: BatchNorm settings (0.99 and 1e-3 as the reference).
       sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe.
       include_top: add the pooled classifier; False returns the ``top_activation`` feature map.
+      sample_skip: with ``sd_mode="sample"``, run each residual branch on its kept examples only
+        (see `tfsd.layers.StochasticResidual`; refused under XLA). None or False (default): the
+        mask form, whose training outputs match keras.applications' bit for bit for equal gates.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -384,10 +392,16 @@ def efficientnet(
     bad = isinstance(survival_prob, bool) or not isinstance(survival_prob, (int, float))
     if bad or not 0.0 < survival_prob <= 1.0:
         raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}.")
-    if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond branches around a
-        # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
+    # Mask form by default: keras.applications equivalence (BatchNorm sees the whole batch).
+    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, False)
+    skips = sd_mode == "batch" or sample_skip
+    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
+        # Replicas drawing different gates would take different tf.cond / switch_case branches
+        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+        raise ValueError(
+            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
+            "sync_replicas=True."
+        )
 
     ops = _Ops(activation, bn_momentum, bn_epsilon, sync_bn)
     plan = block_plan(
@@ -418,6 +432,7 @@ def efficientnet(
             sd_scale_at=sd_scale_at,
             seed=common.block_seed(seed, block.index),
             sync_replicas=sync_replicas,
+            sample_skip=sample_skip,
         )
 
     # Head: 1×1 conv + BN + activation, global average pool, dropout, linear classifier.

@@ -79,6 +79,12 @@ from tfsd.models import common
 from tfsd.models.registry import register
 
 BLOCKS = ("basic", "bottleneck")
+# sample_skip=None in sd_mode="sample" builds the mask form. The one benchmark run so far (README,
+# Benchmarks: ResNet-110, 2-core machine at load average 2.7-6.4) put sample skip at 1.004x of no
+# stochastic depth against 1.056x for the mask, but 1.076x vs 1.054x and 0.838x vs 0.998x in its
+# two repeats: no reliable saving shown, while the skip form changes BatchNorm's statistics and
+# refuses XLA. Opt in with sample_skip=True; revisit when a quiet machine shows the saving.
+SAMPLE_SKIP_DEFAULT = False
 # Output channels of a block relative to its ``Stage.channels`` (He et al. 2016, table 1).
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -282,6 +288,7 @@ def _build(
     bn_epsilon: float,
     sync_bn: bool,
     zero_init_residual: bool,
+    sample_skip: bool | None,
 ) -> keras.Model:
     """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
     if block not in BLOCKS:
@@ -300,10 +307,15 @@ def _build(
     num_blocks = sum(s.blocks for s in stages)
     # Also validates survival_prob and rule; the list has p_L = 1 everywhere when survival_prob=1.
     rates = sd_layers.survival_schedule(num_blocks, survival_prob, rule)
-    if sync_bn and not sync_replicas and sd_mode == "batch" and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond branches around a
-        # cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError("sync_bn=True with batch-mode stochastic depth needs sync_replicas=True.")
+    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, SAMPLE_SKIP_DEFAULT)
+    skips = sd_mode == "batch" or sample_skip
+    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
+        # Replicas drawing different gates would take different tf.cond / switch_case branches
+        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+        raise ValueError(
+            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
+            "sync_replicas=True."
+        )
     ops = _Ops(bn_momentum, bn_epsilon, sync_bn, conv_fan)
     _ensure_recursion_limit(num_blocks)
 
@@ -346,6 +358,7 @@ def _build(
                 seed=common.block_seed(seed, index),
                 shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
                 sync_replicas=sync_replicas,
+                sample_skip=sample_skip,
             )
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
@@ -378,6 +391,7 @@ def cifar_resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """The stochastic-depth paper's CIFAR ResNet with ``depth = 6n + 2`` layers.
 
@@ -399,6 +413,8 @@ def cifar_resnet(
       bn_momentum, bn_epsilon: BatchNorm settings; Keras momentum 0.9 = Torch momentum 0.1.
       sync_bn: cross-replica (synchronized) BatchNorm.
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
+      sample_skip: with ``sd_mode="sample"``, run each branch on its kept examples only (see
+        `tfsd.layers.StochasticResidual`; refused under XLA). None: `SAMPLE_SKIP_DEFAULT`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -427,6 +443,7 @@ def cifar_resnet(
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
+        sample_skip=sample_skip,
     )
 
 
@@ -450,6 +467,7 @@ def resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    sample_skip: bool | None = None,
 ) -> keras.Model:
     """ImageNet ResNet v1.5 (torchvision/timm layout) with stochastic depth on every block.
 
@@ -465,6 +483,7 @@ def resnet(
         as in `cifar_resnet`.
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
       zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
+      sample_skip: as in `cifar_resnet`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -494,6 +513,7 @@ def resnet(
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
+        sample_skip=sample_skip,
     )
 
 
