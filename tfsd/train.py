@@ -527,7 +527,8 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
         if stats:
             # Each replica updated its own moving statistics from its own examples; averaging
             # them makes the statistics those of the global batch (exactly, for the mean).
-            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in stats])
+            local = [tf.identity(v.value) for v in stats]  # tensors: the local copies
+            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
             for v, m in zip(stats, means):
                 v.assign(m)
         return metrics
@@ -538,8 +539,9 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
         flag = tf.cast(stop.read_value(), tf.int32)
         if multi_worker:
             # Every worker must stop at the same step or the others hang in a collective.
+            # (ReduceOp has SUM and MEAN only: any worker's flag makes the sum positive.)
             flag = strategy.reduce(
-                tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.identity(flag)), axis=None
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None
             )
         return flag > 0
 
@@ -927,7 +929,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                 result = evaluate(task, eval_ds, eval_step, config.eval_steps, fixed_steps)
                 _log_eval(task, result, writers, step)
         if stopped:
-            if last_saved != step:
+            if last_saved != step or saver.manager.latest_checkpoint is None:
                 saver.save(step)
             signum = watcher.received[0] if watcher.received else signal.SIGTERM
             logging.warning(
