@@ -32,7 +32,8 @@ position in the global stream. The synthetic and folder sources shuffle *indices
 ``tf.random.experimental.index_shuffle`` (a stateless permutation per epoch), so resuming at any
 step is free. TFDS shuffles each epoch with a shuffle buffer seeded by ``(seed, epoch)``: resuming
 starts at the resumed epoch directly and skips the examples already seen in it (read but not
-decoded: at most one epoch of encoded records).
+decoded: at most one epoch of encoded records). TFDS epochs are shuffled in blocks of
+``shuffle_buffer`` records (a stateless permutation per block, block boundaries moved every epoch).
 """
 
 import contextlib
@@ -886,10 +887,11 @@ def _tfds_examples(
 ):
     """``(position, image_bytes, label)`` from TFDS, images still encoded (cheap to shuffle).
 
-    Train: epoch e of this pipeline is its part of the split in a fixed order, shuffled by a
-    buffer seeded with ``(seed, e)``; ``skip`` examples of this pipeline's stream are passed
-    over by starting at epoch ``skip // L`` and dropping ``skip % L`` examples of it (L: this
-    pipeline's examples per epoch). The stream is thus a function of (seed, skip) alone.
+    Train: epoch e of this pipeline is its part of the split in a fixed order, shuffled in
+    blocks by stateless permutations keyed on ``(seed, e)``; ``skip`` examples of this
+    pipeline's stream are passed over by starting at epoch ``skip // L`` and dropping
+    ``skip % L`` examples of it (L: this pipeline's examples per epoch). The stream is thus a
+    function of (seed, skip) alone.
     """
     split = plan.info.train_split if train else plan.info.eval_split
     read_config = tfds.ReadConfig(
@@ -926,11 +928,25 @@ def _tfds_examples(
     base_seed = _fold(_root_seed(seed), _SHUFFLE_TAG)
 
     def epoch(e):
-        # A seed per (seed, epoch): epoch e is the same whatever epoch the stream started at.
-        # tf.data's shuffle takes one int64 (combined with TF's global seed, which
-        # train sets to config.seed).
-        e_seed = _fold(base_seed, e)[0]
-        shuffled = ds.shuffle(c.shuffle_buffer, seed=e_seed, reshuffle_each_iteration=False)
+        # Epoch e is a function of (seed, e) alone (tf.data's shuffle seeds also mix in TF's
+        # global seed, and fail in graph mode when it is 0): rotate the fixed order by a random
+        # offset, then permute each block of shuffle_buffer records with a stateless
+        # permutation. Like a shuffle buffer, it mixes records within a window of that size;
+        # the rotation moves the block boundaries every epoch.
+        e_seed = _fold(base_seed, e)
+        window = min(c.shuffle_buffer, epoch_length)
+        rotate = tf.random.stateless_uniform(
+            [], seed=e_seed, minval=0, maxval=window, dtype=tf.int64, alg="philox"
+        )
+        blocks = ds.skip(rotate).concatenate(ds.take(rotate)).batch(c.shuffle_buffer)
+
+        def permute(j, block):
+            images, labels = block
+            n = tf.cast(tf.shape(labels)[0], tf.int64)
+            order = tf.random.experimental.index_shuffle(tf.range(n), _fold(e_seed, j), n - 1)
+            return tf.gather(images, order), tf.gather(labels, order)
+
+        shuffled = blocks.enumerate().map(permute).unbatch()
         return shuffled.enumerate().map(lambda i, ex: (e, i, ex[0], ex[1]))
 
     epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch)
