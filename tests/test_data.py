@@ -744,7 +744,9 @@ def test_tfds_cifar10_under_mock_data_uses_cifar_preprocessing(tmp_path):
     config = _config(name="cifar10", num_classes=10)
     with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
         info = data.get_dataset_info(config, data_dir=str(tmp_path))
-        assert info == data.DatasetInfo(10, 50_000, 10_000, "train", "test", 32)
+        # class_names come from the (mocked) ClassLabel feature: checked for their count only.
+        assert info[:6] == (10, 50_000, 10_000, "train", "test", 32)
+        assert len(info.class_names) == 10
         train = data.build_dataset(
             config, split="train", global_batch_size=8, image_size=32, data_dir=str(tmp_path)
         )
@@ -765,7 +767,8 @@ def test_tfds_imagenet_under_mock_data_uses_inception_preprocessing(tmp_path):
     config = _config(name="imagenet2012", randaugment_magnitude=9.0, mixup_alpha=0.2)
     with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
         info = data.get_dataset_info(config, data_dir=str(tmp_path))
-        assert info == data.DatasetInfo(1000, 1000, 50, "train", "validation", None)
+        assert info[:6] == (1000, 1000, 50, "train", "validation", None)
+        assert len(info.class_names) == 1000
         context = tf.distribute.InputContext(2, 1, 2)
         train = data.build_dataset(
             config,
