@@ -1,8 +1,8 @@
 """EfficientNet-B0 on ImageNet with per-sample stochastic depth (survival 0.8), TPU recipe.
 
 Command:
-  python -m tfsd.train --config=configs/efficientnet_b0.py --model_dir=gs://BUCKET/efficientnet_b0 \
-      --data_dir=gs://BUCKET/tfds --config.distribute.strategy=...
+  python -m tfsd.train --config=efficientnet_b0 --config.distribute.strategy=tpu \
+      --config.distribute.tpu=local --data_dir=gs://BUCKET/tfds --model_dir=gs://BUCKET/b0
   runlocal (offline synthetic data, 2 CPU cores): --config=efficientnet_b0:runlocal
 
 Expected: top-1 76.3% on ImageNet (Tan & Le 2019, Table 2), 350 epochs at batch 4096.

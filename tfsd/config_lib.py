@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from tfsd import data as data_lib
+from tfsd import distribute
 
 # Fields that may differ between a run and its resumption: they change how long a run goes and
 # how it reports, never what one training step computes.
@@ -33,11 +34,16 @@ RUN_LENGTH_FIELDS = (
     "eval_every_steps",
     "eval_steps",
     "log_every_steps",
+    # The strategy is how a step is run, not what it computes: a run may resume on other
+    # hardware (the global batch, and so every step's data, stays the same).
+    "distribute.strategy",
+    "distribute.tpu",
 )
 PRECISIONS = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
-STRATEGIES = ("default", "mirrored", "one_device")
+STRATEGIES = distribute.STRATEGIES
+SYNC_BN = ("auto", "on", "off")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -52,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.survival_prob = 1.0  # p_L; 1.0 turns stochastic depth off
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
+    # BatchNorm over the global batch (cross-replica): "auto" = on for EfficientNet with several
+    # replicas (TPU recipe), off for ResNets; see tfsd.train.use_sync_bn.
+    c.model.sync_bn = "auto"
     c.model.overrides = ml_collections.ConfigDict()  # builder keyword arguments (width, ...)
     c.data = data_lib.default_config()
     c.batch_size = 128  # global, over all replicas
@@ -63,8 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = False
     c.optimizer.rho = 0.9  # RMSProp decay
     c.optimizer.epsilon = 1e-3  # RMSProp / AdamW epsilon
-    c.optimizer.weight_decay = 1e-4  # L2 term 0.5·wd·Σw² in the loss; BN and biases excluded
-    c.optimizer.grad_clip_norm = 0.0  # 0 = off
+    # sgd/rmsprop: L2 term 0.5·wd·Σw² in the loss; adamw: decoupled decay w -= lr·wd·w (no loss
+    # term). Kernels only: BN and biases excluded.
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.grad_clip_norm = 0.0  # clip the all-reduced gradient's global norm; 0 = off
     c.lr = ml_collections.ConfigDict()
     c.lr.base = 0.1  # per 256 examples when scale_by_batch, else absolute
     c.lr.scale_by_batch = False  # lr = base × batch_size / 256
@@ -86,7 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_steps = 0  # 0 = the whole eval split
     c.deterministic = False  # tf.config.experimental.enable_op_determinism()
     c.distribute = ml_collections.ConfigDict()
+    # auto | default | one_device | mirrored | multi_worker_mirrored | tpu (tfsd.distribute).
     c.distribute.strategy = "default"
+    c.distribute.tpu = ""  # tpu: "local" on a TPU VM, a TPU name, or grpc://HOST:8470
     return c
 
 
@@ -104,6 +117,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(
         c.model.sd_scale_at in ("inference", "train"), f"model.sd_scale_at={c.model.sd_scale_at!r}"
     )
+    need(c.model.sync_bn in SYNC_BN, f"model.sync_bn={c.model.sync_bn!r} not in {SYNC_BN}")
     need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
     need(c.num_epochs > 0, f"num_epochs={c.num_epochs} must be > 0")
     need(c.total_steps >= 0, f"total_steps={c.total_steps} must be >= 0")

@@ -24,12 +24,16 @@ Preprocessing follows these references:
   explicit stateless seeds so the stream is reproducible (see ``_SeedStream``). When both MixUp
   and CutMix are on, each batch uses one of them with probability 0.5, like timm's ``Mixup``.
 
-Determinism: given ``seed`` the train stream is identical across runs, and
-``tf.train.Checkpoint(iterator=it)`` restores it exactly. Augmentation is stateless, keyed on the
-example's position in the stream. The synthetic and folder sources shuffle *indices* with
-``tf.random.experimental.index_shuffle`` (a stateless permutation per epoch), so their iterator
-state is a counter plus prefetched batches; TFDS uses tf.data's seeded shuffle buffer of encoded
-examples, which iterator checkpoints also capture.
+Determinism and resume: the train stream is a pure function of ``(seed, start_step)``, so a
+resumed run rebuilds it at its step (``build_dataset(..., start_step=step)``) and no iterator state
+is ever checkpointed (an ImageNet shuffle buffer is ~1 GB per checkpoint, and MirroredStrategy's
+distributed iterator cannot be saved at all). Augmentation is stateless, keyed on the example's
+position in the global stream. The synthetic and folder sources shuffle *indices* with
+``tf.random.experimental.index_shuffle`` (a stateless permutation per epoch), so resuming at any
+step is free. TFDS shuffles each epoch with a shuffle buffer seeded by ``(seed, epoch)``: resuming
+starts at the resumed epoch directly and skips the examples already seen in it (read but not
+decoded: at most one epoch of encoded records). TFDS epochs are shuffled in blocks of
+``shuffle_buffer`` records (a stateless permutation per block, block boundaries moved every epoch).
 """
 
 import contextlib
@@ -131,8 +135,9 @@ def default_config() -> ml_collections.ConfigDict:
     # path relative to the root, so adding images never moves existing ones between splits.
     c.folder_eval_fraction = 0.1
     # TFDS only: keep the encoded examples in host RAM after the first pass. Worth it for CIFAR or
-    # SVHN (a few hundred MB); not for ImageNet (~150 GB). Note: iterator checkpoints then include
-    # the cache. Synthetic and folder sources reject it (nothing to cache before the shuffle).
+    # SVHN (a few hundred MB); not for ImageNet (~150 GB). No iterator state is checkpointed,
+    # so the cache never reaches a checkpoint. Synthetic and folder sources reject it (nothing
+    # to cache before the shuffle).
     c.cache = False
     # Eval: drop the last partial batch. Needed for static shapes (TPU/XLA); drops < B examples.
     c.eval_drop_remainder = False
@@ -837,12 +842,15 @@ def make_mixup_cutmix(
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_positions(num_examples: int, seed: tf.Tensor, num_pipelines: int, pipeline_id: int):
+def _train_positions(
+    num_examples: int, seed: tf.Tensor, num_pipelines: int, pipeline_id: int, start: int = 0
+):
     """Endless ``(position, index)`` stream: a fresh stateless permutation every epoch.
 
     Position p of the global stream (all hosts together) is example
     ``index_shuffle(p % n, seed_of_epoch(p // n))``; this host takes every ``num_pipelines``-th
-    position, so hosts are disjoint within an epoch and the iterator state is one counter.
+    position from global position ``start`` on, so hosts are disjoint within an epoch and the
+    stream at any step is computed directly (no state to save or replay).
     """
     shuffle_seed = _fold(seed, _SHUFFLE_TAG)
     n = tf.constant(num_examples, tf.int64)
@@ -851,7 +859,9 @@ def _train_positions(num_examples: int, seed: tf.Tensor, num_pipelines: int, pip
         epoch_seed = _fold(shuffle_seed, position // n)
         return position, tf.random.experimental.index_shuffle(position % n, epoch_seed, n - 1)
 
-    positions = tf.data.Dataset.counter(start=pipeline_id, step=num_pipelines, dtype=tf.int64)
+    positions = tf.data.Dataset.counter(
+        start=start + pipeline_id, step=num_pipelines, dtype=tf.int64
+    )
     return positions.map(to_index, num_parallel_calls=AUTOTUNE)
 
 
@@ -873,11 +883,18 @@ def _tfds_examples(
     num_pipelines: int,
     pipeline_id: int,
     input_context: tf.distribute.InputContext | None,
+    skip: int = 0,
 ):
-    """``(position, image_bytes, label)`` from TFDS, images still encoded (cheap to shuffle)."""
+    """``(position, image_bytes, label)`` from TFDS, images still encoded (cheap to shuffle).
+
+    Train: epoch e of this pipeline is its part of the split in a fixed order, shuffled in
+    blocks by stateless permutations keyed on ``(seed, e)``; ``skip`` examples of this
+    pipeline's stream are passed over by starting at epoch ``skip // L`` and dropping
+    ``skip % L`` examples of it (L: this pipeline's examples per epoch). The stream is thus a
+    function of (seed, skip) alone.
+    """
     split = plan.info.train_split if train else plan.info.eval_split
     read_config = tfds.ReadConfig(
-        shuffle_seed=seed,
         try_autocache=False,  # `cache` is the one switch for caching.
         skip_prefetch=True,  # prefetching happens once, at the end of the pipeline.
     )
@@ -893,21 +910,54 @@ def _tfds_examples(
             split = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
     ds = plan.builder.as_dataset(
         split=split,
-        shuffle_files=train,
+        shuffle_files=False,  # a fixed file order; the seeded buffer below shuffles per epoch.
         read_config=read_config,
         decoders={"image": tfds.decode.SkipDecoding()},
     )
     ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
     if c.cache:
         ds = ds.cache()
-    if train:
-        # Seeded and reshuffled every epoch: the stream is the same in every run (and for every
-        # newly built dataset), but tf.data keeps the reshuffling RNG in the dataset object, so
-        # a second iterator over the *same* object continues it rather than starting over.
-        ds = ds.shuffle(c.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    # Positions unique across hosts: the augmentation seed of an example never repeats.
-    return ds.enumerate().map(
-        lambda pos, ex: (pos * num_pipelines + pipeline_id, ex[0], ex[1]),
+    if not train:
+        return ds.enumerate().map(lambda pos, ex: (pos * num_pipelines + pipeline_id, *ex))
+    epoch_length = int(ds.cardinality())
+    if epoch_length < 0:  # unknown (file-sharded reads): count once, encoded records only.
+        epoch_length = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if epoch_length < 1:
+        raise ValueError(f"TFDS split {split!r} holds no examples for pipeline {pipeline_id}.")
+    first_epoch, offset = divmod(skip, epoch_length)
+    base_seed = _fold(_root_seed(seed), _SHUFFLE_TAG)
+
+    def epoch(e):
+        # Epoch e is a function of (seed, e) alone (tf.data's shuffle seeds also mix in TF's
+        # global seed, and fail in graph mode when it is 0): rotate the fixed order by a random
+        # offset, then permute each block of shuffle_buffer records with a stateless
+        # permutation. Like a shuffle buffer, it mixes records within a window of that size;
+        # the rotation moves the block boundaries every epoch.
+        e_seed = _fold(base_seed, e)
+        window = min(c.shuffle_buffer, epoch_length)
+        rotate = tf.random.stateless_uniform(
+            [], seed=e_seed, minval=0, maxval=window, dtype=tf.int64, alg="philox"
+        )
+        blocks = ds.skip(rotate).concatenate(ds.take(rotate)).batch(c.shuffle_buffer)
+
+        def permute(j, block):
+            images, labels = block
+            n = tf.cast(tf.shape(labels)[0], tf.int64)
+            order = tf.random.experimental.index_shuffle(tf.range(n), _fold(e_seed, j), n - 1)
+            return tf.gather(images, order), tf.gather(labels, order)
+
+        shuffled = blocks.enumerate().map(permute).unbatch()
+        return shuffled.enumerate().map(lambda i, ex: (e, i, ex[0], ex[1]))
+
+    epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch)
+    # Positions unique across hosts and epochs: the augmentation seed of an example never
+    # repeats (2^32 examples per pipeline epoch at most).
+    return epochs.skip(offset).map(
+        lambda e, i, image, label: (
+            (e * 2**32 + i) * num_pipelines + pipeline_id,
+            image,
+            label,
+        ),
         num_parallel_calls=AUTOTUNE,
     )
 
@@ -970,6 +1020,7 @@ def build_dataset(
     seed: int = 0,
     data_dir: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Builds the train or eval input pipeline.
 
@@ -978,9 +1029,11 @@ def build_dataset(
     ``[B]``, or float32 one-hot ``[B, C]`` for train when MixUp or CutMix is on.
 
     Train: endless (repeated), shuffled, augmented, ``drop_remainder=True`` (static shapes for
-    TPU/XLA), prefetched; the same ``seed`` gives the same stream, and the iterator can be saved
-    and restored with ``tf.train.Checkpoint(iterator=...)``. Eval: one pass in a fixed order, no
-    randomness; the last partial batch is kept unless ``config.eval_drop_remainder``.
+    TPU/XLA), prefetched; the stream is a pure function of ``(seed, start_step)``: the pipeline
+    built with ``start_step=k`` yields exactly what the one built with ``start_step=0`` yields
+    after ``k`` global steps, on every host and replica, so training resumes without iterator
+    state. Eval: one pass in a fixed order, no randomness; the last partial batch is kept unless
+    ``config.eval_drop_remainder``.
 
     Args:
         config: the data config (``default_config()`` with overrides).
@@ -992,6 +1045,8 @@ def build_dataset(
         input_context: from ``strategy.distribute_datasets_from_function``. Its pipeline reads a
             disjoint part of the data (shard ``input_pipeline_id`` of ``num_input_pipelines``)
             and batches at the per-replica batch size.
+        start_step: train only: the global step to start at (each step consumes
+            ``global_batch_size`` examples of the global stream).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels)``.
@@ -1007,6 +1062,8 @@ def build_dataset(
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if start_step < 0 or (start_step and split != "train"):
+        raise ValueError(f"start_step must be >= 0 and only given for train, got {start_step}")
     c = _merged_config(config)
     plan = _resolve(c, data_dir)
     train = split == "train"
@@ -1017,6 +1074,14 @@ def build_dataset(
         pipeline_id = input_context.input_pipeline_id
     else:
         batch_size, num_pipelines, pipeline_id = global_batch_size, 1, 0
+    if global_batch_size % num_pipelines:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must divide over {num_pipelines} pipelines"
+        )
+    # Each global step takes global_batch_size consecutive positions of the global stream,
+    # global_batch_size / num_pipelines of them (several per-replica batches) from each pipeline.
+    start = start_step * global_batch_size
+    first_batch = start // num_pipelines // batch_size
     num_classes = plan.info.num_classes
     root = _root_seed(seed)
     augment_seed = _fold(root, _AUGMENT_TAG)
@@ -1039,9 +1104,10 @@ def build_dataset(
             num_pipelines=num_pipelines,
             pipeline_id=pipeline_id,
             input_context=input_context,
+            skip=start // num_pipelines,
         )
     elif train:
-        ds = _train_positions(num_examples, root, num_pipelines, pipeline_id)
+        ds = _train_positions(num_examples, root, num_pipelines, pipeline_id, start)
     else:
         ds = _eval_positions(num_examples, num_pipelines, pipeline_id)
     if plan.kind == "folder":
@@ -1074,7 +1140,7 @@ def build_dataset(
     # 3. Batch-level mixing, seeded by the batch's position (unique across hosts).
     if mixer is not None:
         mix_seed = _fold(root, _MIX_TAG)
-        ds = ds.enumerate().map(
+        ds = ds.enumerate(start=first_batch).map(
             lambda b, xy: mixer(*xy, _fold(mix_seed, b * num_pipelines + pipeline_id)),
             num_parallel_calls=AUTOTUNE,
         )

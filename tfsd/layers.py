@@ -485,7 +485,12 @@ class StochasticResidual(StochasticDepth):
         shortcut = inputs if shortcut is None else tf.convert_to_tensor(shortcut)
         training = _resolve_training(training)
         skips = self.mode == "batch" or self.sample_skip
-        if training is False or self.survival_prob == 1.0 or not skips:
+        if (
+            training is False
+            or self.survival_prob == 1.0
+            or not skips
+            or self._branch_needs_all_replicas()
+        ):
             residual = self.branch(inputs, training=training)
             return super().call([shortcut, residual], training=training)
         if self.sample_skip and in_xla_context():
@@ -537,6 +542,27 @@ class StochasticResidual(StochasticDepth):
             return self._inference(shortcut, tf.cast(self.branch(inputs, training=False), dtype))
 
         return tf.cond(training, train_fn, infer_fn)
+
+    def _branch_needs_all_replicas(self) -> bool:
+        """True when the branch must run on every replica: it holds synchronized BatchNorm and
+        the strategy is not TPUStrategy.
+
+        Under MirroredStrategy on CPUs (``mirrored_strategy.py``, ``_use_merge_call``) a
+        replica-context ``all_reduce`` is a ``merge_call``, which TF rejects inside ``tf.cond``
+        ("merge_call called while defining a new graph"). Such a block then computes its branch
+        and multiplies it by the gate (the batch-mode draw is unchanged), giving up the skip's
+        saving. TPUStrategy's all-reduce is an XLA collective that is valid inside the
+        conditional when every replica takes the same branch (``sync_replicas=True``).
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return False
+        if isinstance(ctx.strategy, tf.distribute.TPUStrategy):
+            return False
+        return any(
+            isinstance(lay, keras.layers.BatchNormalization) and lay.synchronized
+            for lay in self.branch._flatten_layers(include_self=True)
+        )
 
     def compute_output_spec(self, inputs: Any, shortcut: Any = None, training: Any = None):
         spec = self.branch.compute_output_spec(inputs)

@@ -6,26 +6,38 @@ checkpoints and resume → the loop. Configs are ``configs/NAME.py`` files (``ge
 returning an ``ml_collections.ConfigDict``, as in big_vision); overrides come from the command
 line as ``--config.lr.base=0.05``, and an unknown key fails at once with a close match.
 
-Exact resume: all randomness is stateless and keyed on saved state (the model's stochastic-depth
-step counters, the data iterator, the seed), so with ``--config.deterministic=True`` a run killed
-and resumed from a checkpoint ends with bit-identical weights to a run that never stopped.
+Exact resume: the train data stream is a pure function of (seed, step) and every other random
+state is in the checkpoint (the stochastic-depth step counters, Keras ``SeedGenerator`` states of
+dropout layers, the optimizer, the EMA), so with ``--config.deterministic=True`` a run killed and
+resumed from a checkpoint ends with bit-identical weights to a run that never stopped, under every
+strategy, without saving iterator state.
+
+Distribution (see ``tfsd.distribute`` and the README): the global batch is split over replicas;
+gradients are all-reduced by this loop (not by the optimizer) so that clipping sees the global
+norm; BatchNorm moving statistics, which Keras 3 keeps per replica (aggregation "none",
+``keras/src/layers/normalization/batch_normalization.py``), are averaged across replicas after
+every step, so EMA, eval and checkpoints describe the whole batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -109,15 +121,20 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
 
 
-def check_or_write_config(config: ml_collections.ConfigDict, model_dir: str) -> None:
+def check_or_write_config(
+    config: ml_collections.ConfigDict, model_dir: str, write: bool = True
+) -> None:
     """Writes ``model_dir/config.json``, or checks a resumed run's config against it.
+
+    ``write=False`` (non-chief workers) only checks an existing file and creates nothing.
 
     Raises:
       CheckpointError: the saved config differs in a field other than the run-length fields
         (``config_lib.RUN_LENGTH_FIELDS``); the message lists every differing field.
     """
-    tf.io.gfile.makedirs(model_dir)
     path = os.path.join(model_dir, "config.json")
+    if write:
+        tf.io.gfile.makedirs(model_dir)
     current = json.loads(config.to_json_best_effort())
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
@@ -133,6 +150,8 @@ def check_or_write_config(config: ml_collections.ConfigDict, model_dir: str) -> 
                 f"{model_dir} holds a run with a different config; resuming would mix two runs. "
                 "Use a new --model_dir, or restore these fields:\n" + "\n".join(diff)
             )
+    if not write:
+        return
     with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(json.dumps(current, indent=2, sort_keys=True))
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
@@ -203,20 +222,50 @@ def make_lr_schedule(config, steps_per_epoch: int, schedule_steps: int) -> Warmu
     )
 
 
-def make_optimizer(config, schedule) -> keras.optimizers.Optimizer:
+def _loop_reduced(cls: type) -> type:
+    """``cls`` with its gradient all-reduce removed: the training loop all-reduces gradients.
+
+    Keras 3 clips (``global_clipnorm``) in ``BaseOptimizer._backend_apply_gradients`` *before*
+    the TF backend's ``_all_reduce_sum_gradients`` (``keras/src/optimizers/base_optimizer.py``,
+    ``keras/src/backend/tensorflow/optimizer.py``), so under any strategy it clipped each
+    replica's partial gradient by its own norm. The loop instead all-reduces, then clips by the
+    global norm, then applies with this class, which must not sum the gradients again.
+    """
+
+    class LoopReduced(cls):
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            return list(grads_and_vars)
+
+    LoopReduced.__name__ = LoopReduced.__qualname__ = cls.__name__
+    return LoopReduced
+
+
+_SGD = _loop_reduced(keras.optimizers.SGD)
+_RMSPROP = _loop_reduced(keras.optimizers.RMSprop)
+_ADAMW = _loop_reduced(keras.optimizers.AdamW)
+
+
+def make_optimizer(config, schedule, variables=None) -> keras.optimizers.Optimizer:
+    """The optimizer of ``config.optimizer``; gradients reach it already all-reduced and clipped.
+
+    ``adamw`` is decoupled AdamW (Loshchilov & Hutter 2019; ``keras/src/optimizers/adamw.py``:
+    ``w -= lr * weight_decay * w`` before the Adam step) on kernels only, with no L2 term in the
+    loss; ``sgd`` and ``rmsprop`` get ``0.5 * weight_decay * Σ w²`` in the loss (the references').
+    ``variables``: the trainable variables, to exclude non-kernels from AdamW's decay.
+    """
     o = config.optimizer
-    clip = {"global_clipnorm": o.grad_clip_norm} if o.grad_clip_norm > 0 else {}
     if o.name == "sgd":
-        opt = keras.optimizers.SGD(schedule, momentum=o.momentum, nesterov=o.nesterov, **clip)
+        opt = _SGD(schedule, momentum=o.momentum, nesterov=o.nesterov)
     elif o.name == "rmsprop":
         # Keras adds epsilon outside the square root, the TF1 reference inside; with eps = 1e-3
         # the two differ only where the second moment is below ~1e-6.
-        opt = keras.optimizers.RMSprop(
-            schedule, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon, **clip
-        )
+        opt = _RMSPROP(schedule, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon)
     else:
-        # Weight decay for AdamW is the L2 term of the loss like the others, so no double decay.
-        opt = keras.optimizers.AdamW(schedule, weight_decay=0.0, epsilon=o.epsilon, **clip)
+        opt = _ADAMW(schedule, weight_decay=o.weight_decay, epsilon=o.epsilon)
+        if variables is not None:
+            opt.exclude_from_weight_decay(var_list=[v for v in variables if not _decayed(v)])
+        else:
+            opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if config.precision == "float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
@@ -280,17 +329,34 @@ class Task:
     sd_layers: list
 
 
+def use_sync_bn(config, num_replicas: int) -> bool:
+    """Whether the run's BatchNorm is synchronized across replicas (``config.model.sync_bn``).
+
+    ``auto``: on for EfficientNet with several replicas (the TPU recipe normalises over the
+    global batch), off for the ResNets (fb.resnet.torch and the paper's CIFAR runs normalise
+    per GPU) and always off with one replica, where it changes nothing.
+    """
+    mode = config.model.sync_bn
+    if mode == "auto":
+        return num_replicas > 1 and config.model.name.startswith("efficientnet")
+    return mode == "on"
+
+
 def build_model(config, num_classes: int, num_replicas: int = 1) -> keras.Model:
     """The run's model, as ``config.model`` describes it (also used by `tfsd.export`).
 
-    Builds under the current dtype policy and distribution scope; variables (and so
-    checkpoints) are float32 whatever the precision.
+    ``config.seed`` seeds the stochastic-depth gates and dropout (the builders' ``seed=``;
+    ``model.overrides.seed`` wins if set). Gates are drawn per replica, except with synchronized
+    BatchNorm in batch mode, where replicas draw the same gates (``sync_replicas``) so that all
+    of them run the same collectives. Builds under the current dtype policy and distribution
+    scope; variables (and so checkpoints) are float32 whatever the precision.
     """
     size = config.model.image_size
     overrides = config.model.overrides.to_dict()
-    if num_replicas > 1 and config.model.sd_mode == "batch":
-        # Keras BatchNormalization updates mirrored statistics with cross-replica ops; replicas
-        # skipping different blocks would issue different collectives, so gates are synced.
+    overrides.setdefault("seed", config.seed)
+    if use_sync_bn(config, num_replicas):
+        overrides.setdefault("sync_bn", True)
+    if overrides.get("sync_bn") and config.model.sd_mode == "batch":
         overrides.setdefault("sync_replicas", True)
     return models.create_model(
         config.model.name,
@@ -303,10 +369,27 @@ def build_model(config, num_classes: int, num_replicas: int = 1) -> keras.Model:
     )
 
 
-def build_task(config, data_dir: str | None) -> Task:
+def check_num_classes(config, dataset_classes: int) -> int:
+    """The head size: ``config.model.num_classes`` or the dataset's, never fewer than its labels.
+
+    A head smaller than the label range made ``tf.one_hot`` return all-zero rows for the larger
+    labels: those examples trained towards no class at all, silently.
+    """
+    wanted = config.model.num_classes
+    if wanted and wanted < dataset_classes:
+        raise ValueError(
+            f"model.num_classes={wanted} is smaller than the dataset's {dataset_classes} classes "
+            f"({config.data.name}): labels >= {wanted} would have no logit. Use 0 (the "
+            "dataset's count) or a value >= it."
+        )
+    return wanted or dataset_classes
+
+
+def build_task(config, data_dir: str | None, strategy=None) -> Task:
+    """Model, optimizer, EMA and step under ``strategy`` (built from the config when None)."""
     config_lib.validate(config)
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
-    num_classes = config.model.num_classes or info.num_classes
+    num_classes = check_num_classes(config, info.num_classes)
     steps_per_epoch = info.num_train_examples // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -318,11 +401,31 @@ def build_task(config, data_dir: str | None) -> Task:
 
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     keras.mixed_precision.set_global_policy(policy[config.precision])
-    strategy = distribute.get_strategy(config.distribute)
+    strategy = strategy or distribute.get_strategy(config.distribute)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"batch_size {config.batch_size} (global) must be a multiple of the "
+            f"{replicas} replicas."
+        )
+    if (
+        config.jit_compile
+        and use_sync_bn(config, replicas)
+        and replicas > 1
+        and not isinstance(strategy, tf.distribute.TPUStrategy)
+        and tf.config.list_logical_devices("GPU") == []
+    ):
+        raise ValueError(
+            "jit_compile=True with synchronized BatchNorm over several CPU replicas is not "
+            "supported: MirroredStrategy's CPU all-reduce is a merge_call, which cannot run "
+            "inside an XLA function. Set model.sync_bn=off or jit_compile=False."
+        )
     with strategy.scope():
-        model = build_model(config, num_classes, num_replicas=strategy.num_replicas_in_sync)
+        model = build_model(config, num_classes, num_replicas=replicas)
         optimizer = make_optimizer(
-            config, make_lr_schedule(config, steps_per_epoch, schedule_steps)
+            config,
+            make_lr_schedule(config, steps_per_epoch, schedule_steps),
+            model.trainable_variables,
         )
         optimizer.build(model.trainable_variables)
         ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
@@ -355,15 +458,36 @@ def _correct(labels, logits, k: int):
     return tf.reduce_sum(tf.cast(hits, tf.float32))
 
 
-def make_train_loop(task: Task):
-    """A ``tf.function`` running ``n`` training steps per host call, returning summed metrics."""
+def bn_moving_stats(model: keras.Model) -> list:
+    """Moving mean/variance of every unsynchronized BatchNorm layer (they differ per replica)."""
+    return [
+        v
+        for lay in model._flatten_layers(include_self=False)  # noqa: SLF001
+        if isinstance(lay, keras.layers.BatchNormalization) and not lay.synchronized
+        for v in (lay.moving_mean, lay.moving_variance)
+    ]
+
+
+def make_train_loop(task: Task, stop: tf.Variable | None = None):
+    """A ``tf.function`` running up to ``n`` training steps per host call, returning sums.
+
+    ``stop``: a host boolean variable (set by the signal watcher); the loop reads it before every
+    step and ends early when it is set, on every worker at the same step (the flag is
+    all-reduced when the run spans several hosts). The returned dict holds ``steps`` (done) and
+    ``stopped``.
+    """
     config, strategy, model, opt = task.config, task.strategy, task.model, task.optimizer
     variables = model.trainable_variables
     decayed = [v for v in variables if _decayed(v)]
-    wd = config.optimizer.weight_decay
+    # AdamW decays in the optimizer (decoupled); SGD and RMSProp through the loss.
+    wd = 0.0 if config.optimizer.name == "adamw" else config.optimizer.weight_decay
+    clip = config.optimizer.grad_clip_norm
+    replicas = strategy.num_replicas_in_sync
     float_weights = [v for v in model.weights if v.dtype.startswith("float")]
+    stats = bn_moving_stats(model) if replicas > 1 else []
+    multi_worker = distribute.is_multi_worker(strategy)
 
-    def replica_step(images, labels):
+    def gradients(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = _per_example_loss(task, labels, logits)
@@ -372,28 +496,66 @@ def make_train_loop(task: Task):
                 l2 = tf.add_n(
                     [tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32))) for v in decayed]
                 )
-                loss += 0.5 * wd * l2 / strategy.num_replicas_in_sync
+                loss += 0.5 * wd * l2 / replicas
             scaled = opt.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         # A block dropped by a batch-mode gate never ran: its variables get zero gradients.
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        opt.apply(grads, variables)
-        batch = tf.cast(tf.shape(logits)[0], tf.float32)
-        return {
+        metrics = {
             "loss": loss,
             "top1": _correct(labels, logits, 1),
-            "examples": batch,
+            "examples": tf.cast(tf.shape(logits)[0], tf.float32),
         }
+        return grads, metrics
 
-    step_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+    if config.jit_compile:
+        # XLA compiles the forward and backward pass; the collectives and the optimizer update
+        # stay outside (under MirroredStrategy they are merge_calls, which XLA cannot hold).
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, labels):
+        grads, metrics = gradients(images, labels)
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if clip > 0:
+            limit = clip
+            if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                # The gradients still carry the loss scale: scale the threshold alike.
+                limit = clip * tf.cast(opt.dynamic_scale, tf.float32)
+            grads, _ = tf.clip_by_global_norm(grads, limit)
+        opt.apply(grads, variables)
+        if stats:
+            # Each replica updated its own moving statistics from its own examples; averaging
+            # them makes the statistics those of the global batch (exactly, for the mean).
+            local = [tf.identity(v.value) for v in stats]  # tensors: the local copies
+            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+            for v, m in zip(stats, means):
+                v.assign(m)
+        return metrics
+
+    def stop_requested():
+        if stop is None:
+            return tf.constant(False)
+        flag = tf.cast(stop.read_value(), tf.int32)
+        if multi_worker:
+            # Every worker must stop at the same step or the others hang in a collective.
+            # (ReduceOp has SUM and MEAN only: any worker's flag makes the sum positive.)
+            flag = strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None
+            )
+        return flag > 0
 
     @tf.function
     def train_loop(iterator, n):
         totals = {"loss": 0.0, "top1": 0.0, "examples": 0.0, "active_blocks": 0.0}
         totals = {k: tf.constant(v) for k, v in totals.items()}
+        steps, stopped = tf.constant(0.0), tf.constant(False)
         for _ in tf.range(n):
+            if stop_requested():
+                stopped = tf.constant(True)
+                break
             images, labels = next(iterator)
-            out = strategy.run(step_fn, args=(images, labels))
+            out = strategy.run(replica_step, args=(images, labels))
             out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
             task.step.assign_add(1)
             if task.ema is not None:
@@ -403,6 +565,9 @@ def make_train_loop(task: Task):
             )
             out["active_blocks"] = active
             totals = {k: totals[k] + out[k] for k in totals}
+            steps += 1.0
+        totals["steps"] = steps
+        totals["stopped"] = tf.cast(stopped, tf.float32)
         # Weights too: BN statistics can overflow a step before the loss shows it.
         totals["finite"] = tf.cast(
             tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in float_weights]),
@@ -414,6 +579,11 @@ def make_train_loop(task: Task):
 
 
 def make_eval_fn(task: Task):
+    """``eval_step(batch)``: one distributed eval step (a ``tf.function``) returning sums.
+
+    ``eval_step.loop(iterator, n)`` runs ``n`` steps in one ``tf.function`` (TPU needs the
+    loop on device; multi-worker runs need every worker to run the same number of steps).
+    """
     strategy, model = task.strategy, task.model
 
     def replica_eval(images, labels):
@@ -430,20 +600,63 @@ def make_eval_fn(task: Task):
         out = strategy.run(replica_eval, args=batch)
         return {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
 
+    @tf.function
+    def eval_loop(iterator, n):
+        totals = {k: tf.constant(0.0) for k in ("loss", "top1", "top5", "examples")}
+        for _ in tf.range(n):
+            out = strategy.run(replica_eval, args=next(iterator))
+            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+            totals = {k: totals[k] + out[k] for k in totals}
+        return totals
+
+    eval_step.loop = eval_loop
     return eval_step
 
 
-def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0) -> dict[str, float]:
-    """Top-1 / top-5 / loss over the eval split, with the EMA weights when there are any."""
+def fixed_eval_steps(task: Task, num_eval_examples: int) -> int:
+    """Eval steps that every worker can run with full batches (0: iterate the split instead).
+
+    Multi-worker and TPU runs evaluate ``floor(N / P) // (B / P)`` full global batches (P input
+    pipelines, B the global batch): the same count on every worker, static shapes. Fewer than B
+    examples are left out; the logged ``examples`` says how many were used.
+    """
+    strategy = task.strategy
+    if not (
+        distribute.is_multi_worker(strategy) or isinstance(strategy, tf.distribute.TPUStrategy)
+    ):
+        return 0
+    # One input pipeline per worker (TPUStrategy: per host).
+    pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
+    steps = (num_eval_examples // pipelines) // (task.config.batch_size // pipelines)
+    if task.config.eval_steps:
+        steps = min(steps, task.config.eval_steps)
+    if steps < 1:
+        raise ValueError(
+            f"The eval split ({num_eval_examples} examples) holds no full global batch of "
+            f"{task.config.batch_size}: lower batch_size or use more eval data."
+        )
+    return steps
+
+
+def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0, fixed_steps: int = 0):
+    """Top-1 / top-5 / loss over the eval split, with the EMA weights when there are any.
+
+    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (see
+    `fixed_eval_steps`); otherwise iterates the split (up to ``max_steps`` batches).
+    """
     if task.ema is not None:
         task.ema.swap()
     try:
         sums: dict[str, float] = {}
-        for i, batch in enumerate(eval_ds):
-            if max_steps and i >= max_steps:
-                break
-            for k, v in eval_step(batch).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+        if fixed_steps:
+            out = eval_step.loop(iter(eval_ds), tf.constant(fixed_steps))
+            sums = {k: float(v) for k, v in out.items()}
+        else:
+            for i, batch in enumerate(eval_ds):
+                if max_steps and i >= max_steps:
+                    break
+                for k, v in eval_step(batch).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
     finally:
         if task.ema is not None:
             task.ema.swap()
@@ -457,16 +670,31 @@ def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0) -> dict[str, fl
 # -------------------------------------------------------------------------------------------------
 
 
-def make_checkpoint(task: Task, iterator) -> tf.train.Checkpoint:
+def seed_generator_states(model: keras.Model) -> list:
+    """State variables of the Keras ``SeedGenerator``s of ``model`` (e.g. Dropout's).
+
+    They are not model weights, so ``tf.train.Checkpoint(model=...)`` does not save them
+    (``keras/src/random/seed_generator.py``: the state is a plain variable of the generator):
+    without them a resumed run would replay the dropout masks of the run's first steps.
+    """
+    return [
+        sg.state
+        for lay in model._flatten_layers(include_self=True)  # noqa: SLF001
+        for sg in getattr(lay, "_seed_generators", [])
+    ]
+
+
+def make_checkpoint(task: Task, iterator=None) -> tf.train.Checkpoint:
+    """Checkpoint items: ``model``, ``optimizer``, ``step``, ``rng`` and ``ema`` (when on).
+
+    No iterator: the train stream is rebuilt at the restored step (``build_dataset(start_step=)``).
+    ``iterator`` is accepted for compatibility and ignored.
+    """
+    del iterator
     items = dict(model=task.model, optimizer=task.optimizer, step=task.step)
-    if isinstance(iterator, tf.__internal__.tracking.Trackable):
-        items["iterator"] = iterator  # exact data position on resume
-    else:
-        logging.warning(
-            "%s cannot checkpoint its input iterator: a resumed run restarts the data stream "
-            "(model, optimizer and stochastic-depth state are still restored exactly).",
-            type(task.strategy).__name__,
-        )
+    rng = seed_generator_states(task.model)
+    if rng:
+        items["rng"] = rng
     if task.ema is not None:
         items["ema"] = task.ema.shadows
     return tf.train.Checkpoint(**items)
@@ -486,6 +714,86 @@ def restore_latest(manager: tf.train.CheckpointManager, checkpoint) -> int | Non
             "overwritten; point --model_dir at a new directory or move this one aside."
         ) from e
     return int(checkpoint.step.numpy()) if hasattr(checkpoint, "step") else None
+
+
+class _Saver:
+    """Saves on every worker; only the chief's files are kept (Model Garden's practice).
+
+    Saving reads sync-on-read variables with collectives, so every worker must save at the same
+    step; non-chief workers write to a temporary directory and delete it at once.
+    """
+
+    def __init__(self, task: Task, checkpoint, model_dir: str):
+        self.checkpoint = checkpoint
+        self.chief = distribute.is_chief(task.strategy)
+        self.manager = tf.train.CheckpointManager(
+            checkpoint,
+            os.path.join(model_dir, "checkpoints"),
+            max_to_keep=task.config.keep_checkpoints,
+        )
+        self.strategy = task.strategy
+
+    def save(self, step: int) -> None:
+        if self.chief:
+            self.manager.save(checkpoint_number=step)
+            return
+        tmp = distribute.worker_checkpoint_dir(self.strategy, "")
+        try:
+            self.checkpoint.write(os.path.join(tmp, f"ckpt-{step}"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _StopOnSignal:
+    """SIGTERM / SIGINT set ``flag``, which the running train loop reads before every step.
+
+    A Python signal handler runs only when the main thread returns to the interpreter, i.e.
+    after the whole host loop (``steps_per_loop`` steps, minutes on a TPU). The C-level handler
+    however writes the signal number to the wake-up fd at once (``signal.set_wakeup_fd``); a
+    watcher thread reads it and sets the variable, so the loop stops within one step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, flag: tf.Variable):
+        self.flag, self.received = flag, []
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._thread = threading.Thread(target=self._watch, name="tfsd-signals", daemon=True)
+        self._thread.start()
+
+    def _handle(self, signum, _frame):  # the Python-level handler: records, never raises
+        if signum not in self.received:
+            self.received.append(signum)
+
+    def _watch(self) -> None:
+        while True:
+            data = os.read(self._read, 64)
+            if not data:
+                return
+            signums = [b for b in data if b in self.SIGNALS]
+            if signums:
+                self.received.extend(s for s in signums if s not in self.received)
+                self.flag.assign(True)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        os.close(self._write)  # ends the watcher's read
+        self._thread.join(timeout=5)
+        os.close(self._read)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the model's weights (replica 0's copy), to compare workers' final states."""
+    h = hashlib.sha256()
+    for v in model.weights:
+        h.update(v.path.encode())
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -515,57 +823,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                        data_dir: str | None = None) -> dict[str, float]:  # fmt: skip
     """Trains ``config`` in ``model_dir`` (resuming from its latest checkpoint) and evaluates.
 
+    On SIGTERM/SIGINT: stops within one step, saves a checkpoint and exits with 128 + signal
+    (every worker of a multi-worker run stops at the same step).
+
     Returns:
-      The final eval metrics (``top1``, ``top5``, ``loss``, ``examples``) plus ``step``.
+      The final eval metrics (``top1``, ``top5``, ``loss``, ``examples``) plus ``step`` and
+      ``weights_digest``.
     """
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     config_lib.validate(config)
-    check_or_write_config(config, model_dir)
-    task = build_task(config, data_dir)
-    strategy, batch = task.strategy, config.batch_size
-    size = config.model.image_size
+    # The strategy first: MultiWorkerMirroredStrategy must exist before the runtime starts.
+    strategy = distribute.get_strategy(config.distribute)
+    chief = distribute.is_chief(strategy)
+    check_or_write_config(config, model_dir, write=chief)
+    task = build_task(config, data_dir, strategy)
+    batch, size = config.batch_size, config.model.image_size
 
-    def distributed(split: str):
+    checkpoint = make_checkpoint(task)
+    saver = _Saver(task, checkpoint, model_dir)
+    start = restore_latest(saver.manager, checkpoint)
+    if start is not None:
+        logging.info("Resumed from %s at step %d.", saver.manager.latest_checkpoint, start)
+    step = int(task.step.numpy())
+
+    info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
+    fixed_steps = fixed_eval_steps(task, info.num_eval_examples)
+    eval_data = config.data
+    if fixed_steps:  # full batches only: static shapes, equal step counts on every worker
+        eval_data = config.data.copy_and_resolve_references()
+        eval_data.eval_drop_remainder = True
+
+    def distributed(split: str, data_config, start_step: int = 0):
         return strategy.distribute_datasets_from_function(
             lambda ctx: data_lib.build_dataset(
-                config.data,
+                data_config,
                 split=split,
                 global_batch_size=batch,
                 image_size=size,
                 seed=config.seed,
                 data_dir=data_dir,
                 input_context=ctx,
+                start_step=start_step,
             )
         )
 
-    train_ds, eval_ds = distributed("train"), distributed("eval")
-    iterator = iter(train_ds)
-    checkpoint = make_checkpoint(task, iterator)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=config.keep_checkpoints
-    )
-    start = restore_latest(manager, checkpoint)
-    if start is not None:
-        logging.info("Resumed from %s at step %d.", manager.latest_checkpoint, start)
-    step = int(task.step.numpy())
+    # The train stream starts at the restored step: a pure function of (seed, step).
+    iterator = iter(distributed("train", config.data, step))
+    eval_ds = distributed("eval", eval_data)
 
-    train_loop, eval_step = make_train_loop(task), make_eval_fn(task)
-    writers = {
-        k: tf.summary.create_file_writer(os.path.join(model_dir, k)) for k in ("train", "eval")
-    }
-    stop_signal: list[int] = []
-    previous = {
-        s: signal.signal(s, lambda signum, _: stop_signal.append(signum))
-        for s in (signal.SIGTERM, signal.SIGINT)
-    }
+    stop = tf.Variable(False, trainable=False, name="stop_requested")
+    train_loop, eval_step = make_train_loop(task, stop), make_eval_fn(task)
+    if chief:
+        writers = {
+            k: tf.summary.create_file_writer(os.path.join(model_dir, k)) for k in ("train", "eval")
+        }
+    else:
+        writers = {k: tf.summary.create_noop_writer() for k in ("train", "eval")}
+    watcher = _StopOnSignal(stop)
     progress = _Progress(task.total_steps, step)
     every = config.checkpoint_every_steps
     eval_every = config.eval_every_steps
     last_saved = step
+    stopped = False
     try:
-        while step < task.total_steps and not stop_signal:
+        while step < task.total_steps and not stopped:
             # Host loops end exactly on checkpoint and eval boundaries.
             n = min(config.steps_per_loop, task.total_steps - step, every - step % every)
             if eval_every:
@@ -573,47 +896,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
             t0 = time.time()
             sums = {k: float(v) for k, v in train_loop(iterator, tf.constant(n)).items()}
             seconds = time.time() - t0
+            stopped = sums["stopped"] > 0 or bool(watcher.received)
+            done = int(sums["steps"])
             if not math.isfinite(sums["loss"]) or sums["finite"] != 1.0:
                 raise FloatingPointError(
                     f"Training loss or weights became non-finite (loss {sums['loss']}) between "
-                    f"steps {step} and {step + n}. "
+                    f"steps {step} and {step + done}. "
                     f"Stopped without saving; the last good checkpoint is "
-                    f"{manager.latest_checkpoint or '(none)'}. Lower lr.base, check the data, "
-                    "or use precision=float32."
+                    f"{saver.manager.latest_checkpoint or '(none)'}. Lower lr.base, check the "
+                    "data, or use precision=float32."
                 )
             step = int(task.step.numpy())
-            metrics = {
-                "loss": sums["loss"] / n,
-                "top1": sums["top1"] / max(sums["examples"], 1.0),
-                "lr": float(task.optimizer.learning_rate),
-                "images_per_sec": sums["examples"] / max(seconds, 1e-9),
-                "active_blocks": sums["active_blocks"] / n,
-            }
-            with writers["train"].as_default(step=step):
-                for k, v in metrics.items():
-                    tf.summary.scalar(k, v)
-                tf.summary.scalar("stochastic_blocks", len(task.sd_layers))
-            progress.update(step, metrics)
+            if done:
+                metrics = {
+                    "loss": sums["loss"] / done,
+                    "top1": sums["top1"] / max(sums["examples"], 1.0),
+                    "lr": float(task.optimizer.learning_rate),
+                    "images_per_sec": sums["examples"] / max(seconds, 1e-9),
+                    "active_blocks": sums["active_blocks"] / done,
+                }
+                with writers["train"].as_default(step=step):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("stochastic_blocks", len(task.sd_layers))
+                progress.update(step, metrics)
+            if stopped:
+                break
             if step % every == 0 or step >= task.total_steps:
-                manager.save(checkpoint_number=step)
+                saver.save(step)
                 last_saved = step
             if eval_every and step % eval_every == 0 and step < task.total_steps:
-                _log_eval(
-                    task, evaluate(task, eval_ds, eval_step, config.eval_steps), writers, step
-                )
-        if stop_signal:
-            if last_saved != step:
-                manager.save(checkpoint_number=step)
+                result = evaluate(task, eval_ds, eval_step, config.eval_steps, fixed_steps)
+                _log_eval(task, result, writers, step)
+        if stopped:
+            if last_saved != step or saver.manager.latest_checkpoint is None:
+                saver.save(step)
+            signum = watcher.received[0] if watcher.received else signal.SIGTERM
             logging.warning(
-                "Signal %d: checkpoint saved at step %d; exiting.", stop_signal[0], step
-            )
-            sys.exit(128 + stop_signal[0])
+                "Signal %d%s: checkpoint saved at step %d; exiting.",
+                signum, "" if watcher.received else " (on another worker)", step,
+            )  # fmt: skip
+            for w in writers.values():
+                w.flush()
+            sys.exit(128 + signum)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    result = evaluate(task, eval_ds, eval_step, config.eval_steps)
+        watcher.close()
+    result = evaluate(task, eval_ds, eval_step, config.eval_steps, fixed_steps)
     _log_eval(task, result, writers, step)
+    for w in writers.values():
+        w.flush()
     result["step"] = step
+    result["weights_digest"] = weights_digest(task.model)
     return result
 
 

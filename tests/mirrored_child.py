@@ -1,0 +1,155 @@
+"""MirroredStrategy checks over 2 logical CPUs, run by tests/test_distribute.py in a fresh process.
+
+A fresh process because logical devices must be set before TF starts, and because collectives
+of earlier MirroredStrategy tests in one process can share instance keys with later ones. Prints
+one ``RESULT {json}`` line with every measurement; the test asserts on them.
+"""
+
+import json
+
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tests.helpers import tiny_config  # noqa: E402
+from tfsd import data as data_lib  # noqa: E402
+from tfsd import train  # noqa: E402
+
+MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+DEFAULT = tf.distribute.get_strategy()
+
+
+def task_and_iterator(config, strategy):
+    keras.utils.set_random_seed(config.seed)
+    task = train.build_task(config, None, strategy)
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.build_dataset(
+            config.data,
+            split="train",
+            global_batch_size=config.batch_size,
+            image_size=config.model.image_size,
+            seed=config.seed,
+            input_context=ctx,
+        )
+    )
+    return task, iter(ds)
+
+
+def one_step_vs_one_device():
+    """One step on a global batch: 2 replicas with sync BN and clipping == one device."""
+    c = tiny_config(**{"model.survival_prob": 1.0, "model.sync_bn": "on"})
+    c.optimizer.grad_clip_norm = 0.05  # well below the gradient's norm: clipping is active
+    c.lr.warmup_epochs = 0.0  # the first step must move the weights (warm-up starts at lr 0)
+    c.lr.schedule = "constant"
+    ref, ref_it = task_and_iterator(c, DEFAULT)
+    before = [v.numpy().copy() for v in ref.model.trainable_variables]
+    rep, rep_it = task_and_iterator(c, MIRRORED)
+    rep.model.set_weights(ref.model.get_weights())
+    train.make_train_loop(ref)(ref_it, tf.constant(1))
+    train.make_train_loop(rep)(rep_it, tf.constant(1))
+    diffs = {}
+    for a, b in zip(ref.model.weights, rep.model.weights):
+        diffs[a.path] = float(np.max(np.abs(a.numpy() - b.numpy())))
+    moved = [v.numpy() - b for v, b in zip(ref.model.trainable_variables, before)]
+    return {
+        "max_diff": max(diffs.values()),
+        "worst": max(diffs, key=diffs.get),
+        "update_norm": float(np.sqrt(sum(np.sum(m.astype(np.float64) ** 2) for m in moved))),
+        "max_update": float(max(np.max(np.abs(m)) for m in moved)),
+    }
+
+
+def sync_bn_statistics():
+    """Synchronized BN over 2 replicas normalises with the statistics of the full batch."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, (8, 4, 4, 3)).astype("float32")
+    x[4:] += 5.0  # the replicas' halves differ: per-replica statistics would be far off
+    with MIRRORED.scope():
+        sync = keras.layers.BatchNormalization(synchronized=True, momentum=0.0)
+        sync.build(x.shape)
+    plain = keras.layers.BatchNormalization(momentum=0.0)
+    plain.build(x.shape)
+    ds = MIRRORED.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+
+    @tf.function
+    def run(batch):
+        return MIRRORED.run(lambda b: sync(b, training=True), args=(batch,))
+
+    out = run(next(iter(ds)))
+    got = np.concatenate([v.numpy() for v in MIRRORED.experimental_local_results(out)])
+    want = plain(x, training=True).numpy()
+    stats = [v.numpy() for v in (sync.moving_mean, sync.moving_variance)]
+    ref_stats = [v.numpy() for v in (plain.moving_mean, plain.moving_variance)]
+    return {
+        "output_diff": float(np.max(np.abs(got - want))),
+        "stats_diff": float(max(np.max(np.abs(a - b)) for a, b in zip(stats, ref_stats))),
+    }
+
+
+def per_replica_gates_and_bn_average(steps=8):
+    """Batch-mode gates without sync BN: replicas draw their own; BN stats agree after a step."""
+    c = tiny_config(**{"model.survival_prob": 0.5})
+    task, it = task_and_iterator(c, MIRRORED)
+    loop = train.make_train_loop(task)
+    keeps = []  # [step][layer][replica]
+    for _ in range(steps):
+        loop(it, tf.constant(1))
+        keeps.append(
+            [[float(v.numpy()) for v in lay.keep_rate.value.values] for lay in task.sd_layers]
+        )
+    spread = 0.0
+    for v in train.bn_moving_stats(task.model):
+        a, b = (x.numpy() for x in v.value.values)
+        spread = max(spread, float(np.max(np.abs(a - b))))
+    differ = sum(k[0] != k[1] for step in keeps for k in step)
+    sync = [lay.sync_replicas for lay in task.sd_layers]
+    return {"gate_pairs_that_differ": differ, "bn_replica_spread": spread, "sync": sync}
+
+
+def sync_bn_batch_mode_trains(steps=4):
+    """sync_bn with batch-mode gates: replicas in lockstep, branches masked, training runs."""
+    c = tiny_config(**{"model.survival_prob": 0.5, "model.sync_bn": "on"})
+    task, it = task_and_iterator(c, MIRRORED)
+    loop = train.make_train_loop(task)
+    losses, same = [], True
+    for _ in range(steps):
+        out = loop(it, tf.constant(1))
+        losses.append(float(out["loss"]))
+        for lay in task.sd_layers:
+            a, b = (float(v.numpy()) for v in lay.keep_rate.value.values)
+            same = same and a == b
+    return {"losses": losses, "lockstep": same, "sync": [x.sync_replicas for x in task.sd_layers]}
+
+
+def jit_compiled(name):
+    """The XLA-compiled step of a tiny model under MirroredStrategy."""
+    if name == "efficientnet":
+        c = train.load_config("efficientnet_b0:runlocal")
+        c.model.overrides.width = 0.1
+        c.model.overrides.depth = 0.1
+        c.model.image_size = 32
+        c.model.sync_bn = "off"  # sync BN under XLA on CPU replicas is refused (merge_call)
+        c.data.synthetic_train_size = 64
+        c.data.synthetic_eval_size = 16
+        c.batch_size = 8
+    else:
+        c = tiny_config()
+    c.jit_compile = True
+    task, it = task_and_iterator(c, MIRRORED)
+    out = train.make_train_loop(task)(it, tf.constant(2))
+    return {"loss": float(out["loss"]), "steps": float(out["steps"])}
+
+
+if __name__ == "__main__":
+    result = {
+        "one_step": one_step_vs_one_device(),
+        "sync_bn": sync_bn_statistics(),
+        "gates": per_replica_gates_and_bn_average(),
+        "sync_bn_batch": sync_bn_batch_mode_trains(),
+        "jit_resnet": jit_compiled("resnet"),
+        "jit_efficientnet": jit_compiled("efficientnet"),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
