@@ -43,6 +43,40 @@ def normalize_pixels(
     return x
 
 
+POOLINGS = (None, "avg", "max")
+
+
+def check_head(include_top: bool, pooling: str | None) -> None:
+    """Validates a builder's ``include_top`` and ``pooling`` (keras.applications' arguments).
+
+    keras.applications ignores ``pooling`` when ``include_top=True`` and any unknown value; here
+    both are errors, so a typo cannot silently return a 4-D feature map.
+    """
+    if not isinstance(include_top, bool):
+        raise ValueError(f"include_top must be a bool, got {include_top!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+    if include_top and pooling is not None:
+        raise ValueError(
+            f"pooling={pooling!r} applies to feature extractors (include_top=False); the "
+            f"classifier head always average-pools."
+        )
+
+
+def feature_pooling(x: keras.KerasTensor, pooling: str | None) -> keras.KerasTensor:
+    """The ``include_top=False`` output: the feature map, or its global average / max.
+
+    Layer names as keras.applications (``keras/src/applications/resnet.py``): ``avg_pool`` (the
+    same layer name as the classifier's pooling, so features equal the top model's penultimate
+    activations by name) and ``max_pool``.
+    """
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
 def block_seed(seed: int | None, index: int) -> int | None:
     """Seed of block ``index`` in a model built with ``seed`` (None: each layer draws its own).
 

@@ -338,6 +338,7 @@ def efficientnet(
     sync_bn: bool = False,
     include_top: bool = True,
     sample_skip: bool | None = None,
+    pooling: str | None = None,
 ) -> keras.Model:
     """An EfficientNet (or EfficientNet-Lite) scaled from the B0 stage table.
 
@@ -365,14 +366,18 @@ def efficientnet(
       sync_replicas: every replica draws the same gates (needed with ``sync_bn`` in batch mode).
       bn_momentum, bn_epsilon: BatchNorm settings (0.99 and 1e-3 as the reference).
       sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe.
-      include_top: add the pooled classifier; False returns the ``top_activation`` feature map.
+      include_top: add the pooled classifier; False builds a feature extractor (as
+        keras.applications) whose output ``pooling`` chooses.
       sample_skip: with ``sd_mode="sample"``, run each residual branch on its kept examples only
         (see `tfsd.layers.StochasticResidual`; refused under XLA). None or False (default): the
         mask form, whose training outputs match keras.applications' bit for bit for equal gates.
+      pooling: with ``include_top=False``: None returns the ``top_activation`` feature map,
+        "avg" or "max" its global average (``avg_pool``) or maximum (``max_pool``).
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
     """
+    common.check_head(include_top, pooling)
     _check_number(width, "width", 0.0)
     _check_number(depth, "depth", 0.0)
     _check_number(dropout, "dropout", 0.0, 1.0, closed=False)
@@ -450,6 +455,8 @@ def efficientnet(
             dtype="float32",  # float32 logits under any mixed-precision policy
             name="predictions",
         )(x)
+    else:
+        x = common.feature_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)
 
 

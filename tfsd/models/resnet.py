@@ -289,6 +289,8 @@ def _build(
     sync_bn: bool,
     zero_init_residual: bool,
     sample_skip: bool | None,
+    include_top: bool,
+    pooling: str | None,
 ) -> keras.Model:
     """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
     if block not in BLOCKS:
@@ -298,6 +300,7 @@ def _build(
     _check_number(bn_epsilon, "bn_epsilon", 0.0)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    common.check_head(include_top, pooling)
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
     if sd_mode not in sd_layers.MODES:
@@ -363,6 +366,8 @@ def _build(
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
 
+    if not include_top:
+        return keras.Model(inputs, common.feature_pooling(x, pooling), name=name)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     # Torch's default nn.Linear kernel init, uniform(±1/sqrt(fan_in)); float32 logits always.
     head_init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
@@ -392,6 +397,8 @@ def cifar_resnet(
     sync_bn: bool = False,
     zero_init_residual: bool = False,
     sample_skip: bool | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
 ) -> keras.Model:
     """The stochastic-depth paper's CIFAR ResNet with ``depth = 6n + 2`` layers.
 
@@ -415,6 +422,11 @@ def cifar_resnet(
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
       sample_skip: with ``sd_mode="sample"``, run each branch on its kept examples only (see
         `tfsd.layers.StochasticResidual`; refused under XLA). None: `SAMPLE_SKIP_DEFAULT`.
+      include_top: add the pooled classifier (``avg_pool`` + ``predictions``). False builds a
+        feature extractor (as keras.applications): no classifier weights, ``num_classes`` unused.
+      pooling: with ``include_top=False``: None returns the last block's feature map
+        ``[batch, h, w, channels]`` (``conv{4|5}_block{n}_out``), "avg" or "max" its global
+        average (``avg_pool``, the classifier's input) or maximum (``max_pool``).
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -444,6 +456,8 @@ def cifar_resnet(
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
         sample_skip=sample_skip,
+        include_top=include_top,
+        pooling=pooling,
     )
 
 
@@ -468,6 +482,8 @@ def resnet(
     sync_bn: bool = False,
     zero_init_residual: bool = False,
     sample_skip: bool | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
 ) -> keras.Model:
     """ImageNet ResNet v1.5 (torchvision/timm layout) with stochastic depth on every block.
 
@@ -483,7 +499,7 @@ def resnet(
         as in `cifar_resnet`.
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
       zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
-      sample_skip: as in `cifar_resnet`.
+      sample_skip, include_top, pooling: as in `cifar_resnet`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -514,6 +530,8 @@ def resnet(
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
         sample_skip=sample_skip,
+        include_top=include_top,
+        pooling=pooling,
     )
 
 
