@@ -5,6 +5,7 @@ Importing this package registers every model (``list_models()``).
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
 from tfsd.models.fold import fold_stochastic_depth
+from tfsd.models.import_torch import load_torch_resnet_weights
 from tfsd.models.registry import create_model, get_builder, list_models, register
 from tfsd.models.weights import (
     load_keras_applications_weights,
@@ -18,6 +19,7 @@ __all__ = [
     "get_builder",
     "list_models",
     "load_keras_applications_weights",
+    "load_torch_resnet_weights",
     "register",
     "scale_branch_output",
     "scale_layer_output",
