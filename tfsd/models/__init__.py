@@ -4,9 +4,18 @@ Importing this package registers every model (``list_models()``).
 """
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
+from tfsd.models.common import SDConfig
 from tfsd.models.fold import fold_stochastic_depth
 from tfsd.models.import_torch import load_torch_resnet_weights
-from tfsd.models.registry import create_model, get_builder, list_models, register
+from tfsd.models.registry import (
+    ModelInfo,
+    create_model,
+    default_input_size,
+    get_builder,
+    get_model_info,
+    list_models,
+    register,
+)
 from tfsd.models.weights import (
     load_keras_applications_weights,
     scale_branch_output,
@@ -14,9 +23,13 @@ from tfsd.models.weights import (
 )
 
 __all__ = [
+    "ModelInfo",
+    "SDConfig",
     "create_model",
+    "default_input_size",
     "fold_stochastic_depth",
     "get_builder",
+    "get_model_info",
     "list_models",
     "load_keras_applications_weights",
     "load_torch_resnet_weights",
