@@ -1,11 +1,20 @@
 """tfsd model zoo: one registry of functional Keras builders with stochastic depth.
 
-Importing this package registers every model (``list_models()``).
+Importing this package registers every model (``list_models()``). Modules: ``common`` (constants,
+`SDConfig`, shared blocks), ``registry``, ``resnet``, ``efficientnet``, ``folding`` (folding
+factors into weights, `fold_stochastic_depth`), ``import_keras`` and ``import_torch`` (weights
+from keras.applications and PyTorch).
 """
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
 from tfsd.models.common import SDConfig
-from tfsd.models.fold import fold_stochastic_depth
+from tfsd.models.folding import (
+    fold_stochastic_depth,
+    match_inverted_scaling,
+    scale_branch_output,
+    scale_layer_output,
+)
+from tfsd.models.import_keras import load_keras_applications_weights
 from tfsd.models.import_torch import load_torch_resnet_weights
 from tfsd.models.registry import (
     ModelInfo,
@@ -15,11 +24,6 @@ from tfsd.models.registry import (
     get_model_info,
     list_models,
     register,
-)
-from tfsd.models.weights import (
-    load_keras_applications_weights,
-    scale_branch_output,
-    scale_layer_output,
 )
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "list_models",
     "load_keras_applications_weights",
     "load_torch_resnet_weights",
+    "match_inverted_scaling",
     "register",
     "scale_branch_output",
     "scale_layer_output",

@@ -6,7 +6,8 @@ References:
     ``efficientnet_builder.py``, ``efficientnet_model.py``, ``lite/efficientnet_lite_builder.py``).
   * keras.applications ``efficientnet.py`` (Keras 3.15), which the B-models match layer for layer:
     same layer names, weight shapes, initialisers, padding and BatchNorm settings, so its weights
-    port by name (`tfsd.models.weights.load_keras_applications_weights`) and give the same logits.
+    port by name (`tfsd.models.import_keras.load_keras_applications_weights`) and give the same
+    logits.
 
 Names defined here:
   * ``efficientnet_b0`` … ``efficientnet_b7``: MBConv blocks (1×1 expand, depthwise k×k, squeeze

@@ -47,8 +47,8 @@ source), so the first convolution sees what the PyTorch model saw.
 Stochastic-depth scaling. torchvision has no stochastic depth; timm's ``drop_path`` uses inverted
 scaling (identity at inference). A tfsd ResNet built with ``sd_scale_at="inference"`` (its default)
 computes ``shortcut + p · branch`` at inference, so the importer multiplies each block's branch
-output by 1/p (`tfsd.models.weights.scale_branch_output` on the branch's last BatchNorm): inference
-outputs then equal the PyTorch model's.
+output by 1/p (`tfsd.models.folding.match_inverted_scaling`, on the branch's last BatchNorm):
+inference outputs then equal the PyTorch model's.
 """
 
 from __future__ import annotations
@@ -60,15 +60,11 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from tfsd import layers as sd_layers
 from tfsd.models import common
-from tfsd.models.weights import (
-    _fold_normalization,
-    _leaf_layers,
-    _own_variables,
-    _Source,
-    scale_branch_output,
-)
+from tfsd.models.folding import match_inverted_scaling
+
+# The keras.applications importer's model walk and input-normalisation fold, shared.
+from tfsd.models.import_keras import _fold_normalization, _leaf_layers, _own_variables, _Source
 
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default eps, used by torchvision and timm
 # Heads of the sources that map: torchvision/timm ``fc``, akamaster's CIFAR ResNets ``linear``.
@@ -280,9 +276,7 @@ def load_torch_resnet_weights(
         variable.assign(array.astype(variable.dtype))
     # PyTorch models (timm drop_path included) are identity at inference: fold 1/p where the
     # tfsd model scales the branch by p at inference.
-    for layer in sd_layers.stochastic_depth_layers(model):
-        if layer.scale_at == "inference" and layer.survival_prob != 1.0:
-            scale_branch_output(layer, 1.0 / layer.survival_prob)
+    match_inverted_scaling(model)
     for attr in ("predict_function", "test_function", "train_function"):
         if hasattr(model, attr):
             setattr(model, attr, None)  # compiled functions hold the old normalisation constants
