@@ -21,6 +21,8 @@ setuptools.setup(
         # PredictionLog / ModelServerConfig protos for warm-up files and models.config; the
         # same minor version as TensorFlow, as TF Serving releases are cut with it.
         "tensorflow-serving-api>=2.21,<2.22",
+        # NumPy reader of PyTorch state dicts (tfsd.models.import_torch); no torch needed.
+        "safetensors>=0.4,<1",
     ],
     extras_require={
         "test": [

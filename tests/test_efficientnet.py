@@ -202,6 +202,20 @@ def test_uint8_input_include_top_and_no_sd():
     assert inference(x, training=True).shape == (2, 4)
 
 
+def test_feature_extractor_pooling_gives_the_top_models_penultimate_features():
+    top = _tiny()
+    x = _images(2, 32)
+    penultimate = keras.Model(top.input, top.get_layer("avg_pool").output)(x, training=False)
+    top_map = keras.Model(top.input, top.get_layer("top_activation").output)(x, training=False)
+    for pooling, want in [("avg", penultimate), ("max", np.max(top_map, axis=(1, 2)))]:
+        features = _tiny(include_top=False, pooling=pooling)
+        assert features.output_shape == (None, 320)
+        features.set_weights(top.get_weights()[: len(features.weights)])  # the head comes last
+        np.testing.assert_allclose(features(x, training=False), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="include_top=False"):
+        _tiny(pooling="max")
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(kapp_b0, policy):
     x = _images(2, 64)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import tfsd.models.resnet as resnet  # registers the ResNets
 from tests.helpers import op_types
+from tests.helpers import randomize_batchnorm as helpers_randomize_bn
 from tfsd import layers as sdl
 from tfsd.models import common, create_model, get_builder, list_models
 
@@ -386,6 +387,65 @@ def test_channel_zero_pad_config_round_trip():
     np.testing.assert_array_equal(clone(x)[..., 2:], 0)
     with pytest.raises(ValueError, match="cannot pad"):
         resnet.ChannelZeroPad(1)(x)
+
+
+# -------------------------------------------------------------------------------------------------
+# Feature extractors (include_top=False).
+# -------------------------------------------------------------------------------------------------
+
+
+def _copy_by_layer_name(source, target):
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, channels, size",
+    [
+        ("cifar_resnet20", dict(width=0.25), 16, 8),
+        ("resnet18", dict(width=0.25, input_shape=(32, 32, 3)), 128, 1),
+        ("resnet50", dict(width=0.125, input_shape=(64, 64, 3)), 256, 2),
+    ],
+)
+def test_feature_extractor_shapes_and_penultimate_features(name, kwargs, channels, size):
+    top = create_model(name, num_classes=7, **kwargs)
+    helpers_randomize_bn(top)
+    x = _images(2, kwargs.get("input_shape", (32,))[0])
+    penultimate = keras.Model(top.input, top.get_layer("avg_pool").output)(x, training=False)
+    last_map = keras.Model(top.input, top.get_layer("avg_pool").input)(x, training=False)
+    for pooling, shape, want in [
+        (None, (None, size, size, channels), last_map),
+        ("avg", (None, channels), penultimate),
+        ("max", (None, channels), np.max(last_map, axis=(1, 2))),
+    ]:
+        features = create_model(name, num_classes=7, include_top=False, pooling=pooling, **kwargs)
+        assert features.output_shape == shape
+        assert "predictions" not in {lay.name for lay in features.layers}
+        _copy_by_layer_name(top, features)
+        np.testing.assert_allclose(features(x, training=False), want, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_extractor_parameter_counts():
+    # torchvision resnet18 without its fc (512 × 1000 + 1000): 11,689,512 − 513,000.
+    features = create_model("resnet18", num_classes=1000, include_top=False, pooling="avg")
+    assert _count(features.trainable_weights) == 11_176_512
+    assert _count(features.non_trainable_weights) == COUNTS["resnet18"][1]
+    cifar = create_model("cifar_resnet110", num_classes=10, include_top=False)
+    assert _count(cifar.trainable_weights) == COUNTS["cifar_resnet110"][0] - (64 * 10 + 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(pooling="mean", include_top=False), "pooling must be one of"),
+        (dict(pooling="avg"), "include_top=False"),
+        (dict(include_top=0), "include_top must be a bool"),
+    ],
+)
+def test_bad_head_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("cifar_resnet20", num_classes=10, **kwargs)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,23 +1,43 @@
 """tfsd model zoo: one registry of functional Keras builders with stochastic depth.
 
-Importing this package registers every model (``list_models()``).
+Importing this package registers every model (``list_models()``). Modules: ``common`` (constants,
+`SDConfig`, shared blocks), ``registry``, ``resnet``, ``efficientnet``, ``folding`` (folding
+factors into weights, `fold_stochastic_depth`), ``import_keras`` and ``import_torch`` (weights
+from keras.applications and PyTorch).
 """
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
-from tfsd.models.fold import fold_stochastic_depth
-from tfsd.models.registry import create_model, get_builder, list_models, register
-from tfsd.models.weights import (
-    load_keras_applications_weights,
+from tfsd.models.common import SDConfig
+from tfsd.models.folding import (
+    fold_stochastic_depth,
+    match_inverted_scaling,
     scale_branch_output,
     scale_layer_output,
 )
+from tfsd.models.import_keras import load_keras_applications_weights
+from tfsd.models.import_torch import load_torch_resnet_weights
+from tfsd.models.registry import (
+    ModelInfo,
+    create_model,
+    default_input_size,
+    get_builder,
+    get_model_info,
+    list_models,
+    register,
+)
 
 __all__ = [
+    "ModelInfo",
+    "SDConfig",
     "create_model",
+    "default_input_size",
     "fold_stochastic_depth",
     "get_builder",
+    "get_model_info",
     "list_models",
     "load_keras_applications_weights",
+    "load_torch_resnet_weights",
+    "match_inverted_scaling",
     "register",
     "scale_branch_output",
     "scale_layer_output",

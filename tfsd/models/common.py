@@ -1,15 +1,23 @@
-"""Pieces shared by the model builders: input normalisation and stochastic residual blocks."""
+"""Pieces shared by the model builders: constants, stochastic-depth settings, normalisation, blocks.
+
+This module is the one home of the dataset statistics (``IMAGENET_MEAN`` …) and of `SDConfig`, the
+stochastic-depth settings every builder takes (``sd=``), validated once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
 
-# Per-channel RGB statistics of images scaled to [0, 1].
+# Per-channel RGB statistics of images scaled to [0, 1]. The one copy in tfsd: configs and data
+# code should import these rather than repeat the numbers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # CIFAR statistics as used by the fb.resnet.torch / stochastic-depth Torch code.
@@ -43,6 +51,157 @@ def normalize_pixels(
     return x
 
 
+# -------------------------------------------------------------------------------------------------
+# Stochastic-depth settings.
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SDConfig:
+    """The stochastic-depth settings of a model, shared by every builder (``sd=``).
+
+    Attributes:
+      survival_prob: p = 1 − r in (0, 1], the end point of the schedule ``rule`` (see
+        `tfsd.layers.survival_schedule`): the paper's p_L for "linear" (the last block survives
+        with exactly p), the TF EfficientNet reference's ``survival_prob`` for "efficientnet"
+        (block i of N survives with 1 − r·i/N; no block reaches p). 1.0 builds no
+        stochastic-depth layer at all.
+      mode: "batch" (one gate per mini-batch, dropped branches skipped) or "sample".
+      scale_at: "inference" (the paper: × p at inference) or "train" (inverted: ÷ p in training).
+      rule: a name of `tfsd.layers.SCHEDULES`.
+      seed: base seed of the blocks' gate streams (block i gets `block_seed`); None lets each
+        layer draw its own.
+      sync_replicas: every replica draws the same gates (needed with synchronized BatchNorm).
+      sample_skip: in sample mode, run branches on the kept examples only; None takes the model
+        family's default.
+    """
+
+    survival_prob: float = 1.0
+    mode: str = "batch"
+    scale_at: str = "inference"
+    rule: str = "linear"
+    seed: int | None = 0
+    sync_replicas: bool = False
+    sample_skip: bool | None = None
+
+    def __post_init__(self):
+        # Error messages name the builders' keyword arguments (sd_mode, sd_scale_at, rule…).
+        if self.mode not in sd_layers.MODES:
+            raise ValueError(f"Unknown sd_mode {self.mode!r}; expected one of {sd_layers.MODES}.")
+        if self.scale_at not in sd_layers.SCALE_AT:
+            raise ValueError(
+                f"Unknown sd_scale_at {self.scale_at!r}; expected {sd_layers.SCALE_AT}."
+            )
+        # Validates survival_prob (as "final_survival") and the rule name.
+        sd_layers.survival_schedule(1, self.survival_prob, self.rule)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
+        if not isinstance(self.sync_replicas, bool):
+            raise ValueError(f"sync_replicas must be a bool, got {self.sync_replicas!r}.")
+        resolve_sample_skip(self.sample_skip, self.mode, False)
+
+    def replace(self, **changes: Any) -> SDConfig:
+        """A copy with ``changes`` (field names), validated."""
+        return dataclasses.replace(self, **changes)
+
+    def schedule(self, num_blocks: int) -> list[float]:
+        """Survival probability of each of ``num_blocks`` blocks under `rule`."""
+        return sd_layers.survival_schedule(num_blocks, self.survival_prob, self.rule)
+
+    def block_seed(self, index: int) -> int | None:
+        """Seed of block ``index`` (`block_seed`)."""
+        return block_seed(self.seed, index)
+
+    def check_sync_bn(self, sync_bn: bool, sample_skip: bool) -> None:
+        """Refuses synchronized BatchNorm with gates that differ between replicas and skip."""
+        skips = self.mode == "batch" or sample_skip
+        if sync_bn and not self.sync_replicas and skips and self.survival_prob < 1.0:
+            # Replicas drawing different gates would take different tf.cond / switch_case
+            # branches around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
+            raise ValueError(
+                "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) "
+                "needs sync_replicas=True."
+            )
+
+
+# Builder keyword argument → SDConfig field. The keyword names are the public API of
+# create_model and of configs' ``model.overrides`` (``--config.model.overrides.rule=linspace``).
+SD_KEYWORDS = {
+    "survival_prob": "survival_prob",
+    "sd_mode": "mode",
+    "sd_scale_at": "scale_at",
+    "rule": "rule",
+    "seed": "seed",
+    "sync_replicas": "sync_replicas",
+    "sample_skip": "sample_skip",
+}
+
+
+def sd_builder(default: SDConfig) -> Callable:
+    """Decorates a builder taking ``sd: SDConfig`` so that it also takes the `SD_KEYWORDS`.
+
+    ``builder(sd=SDConfig(...))`` and ``builder(survival_prob=0.5, sd_mode="sample")`` both work:
+    keywords replace fields of ``sd`` (or of ``default``, the family's settings, kept as
+    ``builder.sd_default``). The translation and validation live here once instead of in every
+    builder's signature.
+    """
+    if not isinstance(default, SDConfig):
+        raise ValueError(f"default must be an SDConfig, got {type(default).__name__}.")
+
+    def decorate(fn: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        @functools.wraps(fn)
+        def builder(*, sd: SDConfig | None = None, **kwargs: Any) -> keras.Model:
+            if sd is not None and not isinstance(sd, SDConfig):
+                raise ValueError(f"sd must be an SDConfig, got {type(sd).__name__}.")
+            changes = {SD_KEYWORDS[k]: kwargs.pop(k) for k in list(kwargs) if k in SD_KEYWORDS}
+            return fn(sd=(default if sd is None else sd).replace(**changes), **kwargs)
+
+        builder.sd_default = default
+        return builder
+
+    return decorate
+
+
+# -------------------------------------------------------------------------------------------------
+# Heads and normalisation.
+# -------------------------------------------------------------------------------------------------
+
+POOLINGS = (None, "avg", "max")
+
+
+def check_head(include_top: bool, pooling: str | None) -> None:
+    """Validates a builder's ``include_top`` and ``pooling`` (keras.applications' arguments).
+
+    keras.applications ignores ``pooling`` when ``include_top=True`` and any unknown value; here
+    both are errors, so a typo cannot silently return a 4-D feature map.
+    """
+    if not isinstance(include_top, bool):
+        raise ValueError(f"include_top must be a bool, got {include_top!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+    if include_top and pooling is not None:
+        raise ValueError(
+            f"pooling={pooling!r} applies to feature extractors (include_top=False); the "
+            f"classifier head always average-pools."
+        )
+
+
+def feature_pooling(x: keras.KerasTensor, pooling: str | None) -> keras.KerasTensor:
+    """The ``include_top=False`` output: the feature map, or its global average / max.
+
+    Layer names as keras.applications (``keras/src/applications/resnet.py``): ``avg_pool`` (the
+    same layer name as the classifier's pooling, so features equal the top model's penultimate
+    activations by name) and ``max_pool``.
+    """
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
 def block_seed(seed: int | None, index: int) -> int | None:
     """Seed of block ``index`` in a model built with ``seed`` (None: each layer draws its own).
 
@@ -72,16 +231,16 @@ def residual(
     branch_fn: Callable[[keras.KerasTensor], keras.KerasTensor],
     *,
     name: str,
+    sd: SDConfig,
+    index: int,
     survival_prob: float,
-    sd_mode: str,
-    sd_scale_at: str,
-    seed: int | None,
+    sample_skip: bool,
     shortcut: keras.KerasTensor | None = None,
-    sync_replicas: bool = False,
-    sample_skip: bool = False,
 ) -> keras.KerasTensor:
     """``shortcut + branch_fn(x)`` with stochastic depth on the branch.
 
+    ``index`` is the block's position in the schedule (its seed is ``sd.block_seed(index)``),
+    ``survival_prob`` its rate from ``sd.schedule``, ``sample_skip`` the family-resolved flag.
     With ``survival_prob == 1.0`` the branch layers are inlined and joined by a plain ``Add``
     (``{name}add``): no stochastic-depth layer at all. Otherwise the branch becomes a functional
     sub-model ``{name}branch`` (its layers keep their own names, so weights still port by name)
@@ -96,10 +255,10 @@ def residual(
     layer = sd_layers.StochasticResidual(
         branch,
         survival_prob,
-        mode=sd_mode,
-        scale_at=sd_scale_at,
-        sync_replicas=sync_replicas,
-        seed=seed,
+        mode=sd.mode,
+        scale_at=sd.scale_at,
+        sync_replicas=sd.sync_replicas,
+        seed=sd.block_seed(index),
         sample_skip=sample_skip,
         name=f"{name}drop",
     )

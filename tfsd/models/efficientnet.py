@@ -6,7 +6,8 @@ References:
     ``efficientnet_builder.py``, ``efficientnet_model.py``, ``lite/efficientnet_lite_builder.py``).
   * keras.applications ``efficientnet.py`` (Keras 3.15), which the B-models match layer for layer:
     same layer names, weight shapes, initialisers, padding and BatchNorm settings, so its weights
-    port by name (`tfsd.models.weights.load_keras_applications_weights`) and give the same logits.
+    port by name (`tfsd.models.import_keras.load_keras_applications_weights`) and give the same
+    logits.
 
 Names defined here:
   * ``efficientnet_b0`` … ``efficientnet_b7``: MBConv blocks (1×1 expand, depthwise k×k, squeeze
@@ -27,12 +28,14 @@ nearest multiple of 8, never below 90% of the unrounded value (`round_filters`);
 
 Stochastic depth (the reference's ``drop_connect``, keras.applications' ``blockXy_drop``): block i
 of the N blocks (i = 0…N−1, counted over *all* blocks after depth rounding, skip or not) survives
-with ``1 − r · i / N``, r = 1 − ``survival_prob`` (`tfsd.layers.efficientnet_survival_schedule`; the
-reference computes ``drop_connect_rate * block_id / num_blocks``, keras.applications
-``drop_connect_rate * b / blocks``). Only blocks with an identity skip get a stochastic-depth layer,
-as in the reference: the branch becomes the sub-model ``blockXy_branch`` wrapped by the
-`tfsd.layers.StochasticResidual` ``blockXy_drop`` (see `tfsd.models.common.residual`); every layer
-keeps its keras.applications name. B0 has N = 16 blocks, 9 of them residual; the last residual
+with ``1 − r · i / N``, r = 1 − ``survival_prob`` (``rule="efficientnet"``,
+`tfsd.layers.efficientnet_rule`; the reference computes ``1.0 - drop_rate * float(idx) /
+len(self._blocks)`` with ``drop_rate = 1.0 - survival_prob``, keras.applications
+``drop_connect_rate * b / blocks``). Any other rule of `tfsd.layers.RULES` can be chosen with
+``rule=``; it also counts all N blocks. Only blocks with an identity skip get a stochastic-depth
+layer, as in the reference: the branch becomes the sub-model ``blockXy_branch`` wrapped by the
+`tfsd.layers.StochasticResidual` ``blockXy_drop`` (see `tfsd.models.common.residual`); every
+layer keeps its keras.applications name. B0 has N = 16 blocks, 9 of them residual; the last residual
 block (``block6d``, i = 14) survives with 1 − 0.2 · 14 / 16 = 0.825.
 
 Defaults and why:
@@ -73,7 +76,7 @@ import keras
 
 from tfsd import layers as sd_layers
 from tfsd.models import common
-from tfsd.models.registry import register
+from tfsd.models.registry import ModelInfo, register
 
 
 class Stage(NamedTuple):
@@ -182,12 +185,14 @@ def block_plan(
     fix_stem_head: bool,
     survival_prob: float,
     stages: Sequence[Stage] = B0_STAGES,
+    rule: str = "efficientnet",
 ) -> list[Block]:
     """All blocks of a variant after width and depth scaling, with their survival rates.
 
     With ``fix_stem_head`` the first and last stages keep their repeats (TF Lite reference,
-    ``fix_head_stem``). Survival follows `tfsd.layers.efficientnet_survival_schedule` over all N
-    blocks; blocks without an identity skip keep their slot in the count but get no layer.
+    ``fix_head_stem``). Survival follows `tfsd.layers.survival_schedule` with ``rule`` (default
+    "efficientnet": ``1 − r·i/N``) over all N blocks; blocks without an identity skip keep their
+    slot in the count but get no layer.
     """
     repeats = [
         s.repeats
@@ -195,7 +200,7 @@ def block_plan(
         else round_repeats(s.repeats, depth)
         for k, s in enumerate(stages)
     ]
-    rates = sd_layers.efficientnet_survival_schedule(sum(repeats), 1.0 - survival_prob)
+    rates = sd_layers.survival_schedule(sum(repeats), survival_prob, rule)
     blocks = []
     for k, (stage, n) in enumerate(zip(stages, repeats, strict=True)):
         # With a fixed stem the first stage really receives the unscaled stem width.
@@ -314,6 +319,14 @@ def _check_number(value: Any, name: str, low: float, high: float = math.inf, clo
         raise ValueError(f"{name} must be a number in {bounds}, got {value!r}.")
 
 
+# The TF reference's settings: survival 0.8 (drop-connect 0.2), one gate per example, inverted
+# scaling, rate r·i/N over all N blocks.
+EFFICIENTNET_SD = common.SDConfig(
+    survival_prob=0.8, mode="sample", scale_at="train", rule="efficientnet"
+)
+
+
+@common.sd_builder(EFFICIENTNET_SD)
 def efficientnet(
     *,
     name: str,
@@ -323,21 +336,17 @@ def efficientnet(
     depth: float,
     resolution: int,
     dropout: float,
-    survival_prob: float = 0.8,
-    sd_mode: str = "sample",
-    sd_scale_at: str = "train",
+    sd: common.SDConfig,
     activation: str = "swish",
     use_se: bool = True,
     fix_stem_head: bool = False,
     mean: Sequence[float] = common.IMAGENET_MEAN,
     std: Sequence[float] = common.IMAGENET_STD,
-    seed: int | None = 0,
-    sync_replicas: bool = False,
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     sync_bn: bool = False,
     include_top: bool = True,
-    sample_skip: bool | None = None,
+    pooling: str | None = None,
 ) -> keras.Model:
     """An EfficientNet (or EfficientNet-Lite) scaled from the B0 stage table.
 
@@ -350,29 +359,34 @@ def efficientnet(
         `round_repeats`).
       resolution: default input height and width.
       dropout: dropout rate before the classifier, in [0, 1); 0 adds no ``top_dropout`` layer.
-      survival_prob: 1 − the drop-connect rate r; block i of N survives with 1 − r·i/N (see the
-        module docstring). 1.0 adds no stochastic-depth layer.
-      sd_mode: "sample" (default, the reference's drop_connect) or "batch" (the paper's
-        whole-batch gate; dropped branches are skipped).
-      sd_scale_at: "train" (default, inverted scaling as the reference) or "inference".
+      sd: stochastic-depth settings (`common.SDConfig`), default `EFFICIENTNET_SD`:
+        ``survival_prob=0.8`` = 1 − the drop-connect rate r, with ``rule="efficientnet"`` block i
+        of N survives with 1 − r·i/N (module docstring; 1.0 adds no stochastic-depth layer);
+        ``mode="sample"`` (the reference's drop_connect; "batch" is the paper's whole-batch gate,
+        dropped branches skipped); ``scale_at="train"`` (inverted scaling as the reference);
+        ``seed=0`` (block i gets ``common.block_seed(seed, i)``, the head dropout block N's);
+        ``sample_skip=None``: the mask form, whose training outputs match keras.applications'
+        bit for bit for equal gates (True: run each residual branch on its kept examples only,
+        see `tfsd.layers.StochasticResidual`; not under XLA). The keywords ``survival_prob``,
+        ``sd_mode``, ``sd_scale_at``, ``rule``, ``seed``, ``sync_replicas`` and ``sample_skip``
+        replace its fields (`common.sd_builder`).
       activation: "swish" (B-models) or "relu6" (Lite), any Keras activation name.
       use_se: squeeze-and-excitation in every block (False for Lite).
       fix_stem_head: keep the stem and head widths and the first and last stages' repeats
         unscaled (Lite).
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
-      seed: base seed of the blocks' gate streams (block i gets `common.block_seed(seed, i)`) and
-        of the head dropout; None lets each layer draw its own.
-      sync_replicas: every replica draws the same gates (needed with ``sync_bn`` in batch mode).
       bn_momentum, bn_epsilon: BatchNorm settings (0.99 and 1e-3 as the reference).
-      sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe.
-      include_top: add the pooled classifier; False returns the ``top_activation`` feature map.
-      sample_skip: with ``sd_mode="sample"``, run each residual branch on its kept examples only
-        (see `tfsd.layers.StochasticResidual`; refused under XLA). None or False (default): the
-        mask form, whose training outputs match keras.applications' bit for bit for equal gates.
+      sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe (needs
+        ``sync_replicas=True`` with skipping stochastic depth).
+      include_top: add the pooled classifier; False builds a feature extractor (as
+        keras.applications) whose output ``pooling`` chooses.
+      pooling: with ``include_top=False``: None returns the ``top_activation`` feature map,
+        "avg" or "max" its global average (``avg_pool``) or maximum (``max_pool``).
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
     """
+    common.check_head(include_top, pooling)
     _check_number(width, "width", 0.0)
     _check_number(depth, "depth", 0.0)
     _check_number(dropout, "dropout", 0.0, 1.0, closed=False)
@@ -385,27 +399,17 @@ def efficientnet(
     input_shape = (resolution, resolution, 3) if input_shape is None else tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
-    if sd_mode not in sd_layers.MODES:
-        raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
-    if sd_scale_at not in sd_layers.SCALE_AT:
-        raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
-    bad = isinstance(survival_prob, bool) or not isinstance(survival_prob, (int, float))
-    if bad or not 0.0 < survival_prob <= 1.0:
-        raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}.")
     # Mask form by default: keras.applications equivalence (BatchNorm sees the whole batch).
-    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, False)
-    skips = sd_mode == "batch" or sample_skip
-    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond / switch_case branches
-        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError(
-            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
-            "sync_replicas=True."
-        )
+    sample_skip = common.resolve_sample_skip(sd.sample_skip, sd.mode, False)
+    sd.check_sync_bn(sync_bn, sample_skip)
 
     ops = _Ops(activation, bn_momentum, bn_epsilon, sync_bn)
     plan = block_plan(
-        width=width, depth=depth, fix_stem_head=fix_stem_head, survival_prob=survival_prob
+        width=width,
+        depth=depth,
+        fix_stem_head=fix_stem_head,
+        survival_prob=sd.survival_prob,
+        rule=sd.rule,
     )
     stem_filters = STEM_FILTERS if fix_stem_head else round_filters(STEM_FILTERS, width)
     head_filters = HEAD_FILTERS if fix_stem_head else round_filters(HEAD_FILTERS, width)
@@ -427,11 +431,9 @@ def efficientnet(
             x,
             body,
             name=block.name,
+            sd=sd,
+            index=block.index,
             survival_prob=block.survival_prob,
-            sd_mode=sd_mode,
-            sd_scale_at=sd_scale_at,
-            seed=common.block_seed(seed, block.index),
-            sync_replicas=sync_replicas,
             sample_skip=sample_skip,
         )
 
@@ -442,7 +444,7 @@ def efficientnet(
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout > 0:
-            seed_top = common.block_seed(seed, len(plan))
+            seed_top = sd.block_seed(len(plan))
             x = keras.layers.Dropout(dropout, seed=seed_top, name="top_dropout")(x)
         x = keras.layers.Dense(
             num_classes,
@@ -450,6 +452,8 @@ def efficientnet(
             dtype="float32",  # float32 logits under any mixed-precision policy
             name="predictions",
         )(x)
+    else:
+        x = common.feature_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)
 
 
@@ -457,7 +461,26 @@ def efficientnet(
 # Registered variants: one table row each.
 # -------------------------------------------------------------------------------------------------
 
+
+def _register(name: str, variant: Variant, family: dict) -> None:
+    plan = block_plan(
+        width=variant.width,
+        depth=variant.depth,
+        fix_stem_head=family["fix_stem_head"],
+        survival_prob=EFFICIENTNET_SD.survival_prob,
+    )
+    info = ModelInfo(
+        (variant.resolution, variant.resolution, 3),
+        common.IMAGENET_MEAN,
+        common.IMAGENET_STD,
+        len(plan),
+        sum(b.residual for b in plan),
+        EFFICIENTNET_SD,
+    )
+    register(name, efficientnet, info=info, **variant._asdict(), **family)
+
+
 for _name, _variant in EFFICIENTNET.items():
-    register(_name, efficientnet, **_variant._asdict(), **B_FAMILY)
+    _register(_name, _variant, B_FAMILY)
 for _name, _variant in EFFICIENTNET_LITE.items():
-    register(_name, efficientnet, **_variant._asdict(), **LITE_FAMILY)
+    _register(_name, _variant, LITE_FAMILY)

@@ -63,6 +63,7 @@ Example:
   >>> from tfsd.models import create_model
   >>> model = create_model("cifar_resnet110", num_classes=10)           # paper defaults
   >>> model = create_model("resnet50", num_classes=1000, survival_prob=1.0)  # plain ResNet-50
+  >>> model = create_model("resnet50", num_classes=1000, survival_prob=0.9, rule="timm_resnet")
 """
 
 from __future__ import annotations
@@ -74,9 +75,8 @@ from typing import Any, NamedTuple
 
 import keras
 
-from tfsd import layers as sd_layers
 from tfsd.models import common
-from tfsd.models.registry import register
+from tfsd.models.registry import ModelInfo, register
 
 BLOCKS = ("basic", "bottleneck")
 # sample_skip=None in sd_mode="sample" builds the mask form. The one benchmark run so far (README,
@@ -275,20 +275,16 @@ def _build(
     conv_fan: str,
     num_classes: int,
     input_shape: tuple[int | None, int | None, int],
-    survival_prob: float,
-    sd_mode: str,
-    sd_scale_at: str,
-    rule: str,
+    sd: common.SDConfig,
     width: float,
     mean: Sequence[float],
     std: Sequence[float],
-    seed: int | None,
-    sync_replicas: bool,
     bn_momentum: float,
     bn_epsilon: float,
     sync_bn: bool,
     zero_init_residual: bool,
-    sample_skip: bool | None,
+    include_top: bool,
+    pooling: str | None,
 ) -> keras.Model:
     """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
     if block not in BLOCKS:
@@ -298,24 +294,13 @@ def _build(
     _check_number(bn_epsilon, "bn_epsilon", 0.0)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    common.check_head(include_top, pooling)
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
-    if sd_mode not in sd_layers.MODES:
-        raise ValueError(f"Unknown sd_mode {sd_mode!r}; expected one of {sd_layers.MODES}.")
-    if sd_scale_at not in sd_layers.SCALE_AT:
-        raise ValueError(f"Unknown sd_scale_at {sd_scale_at!r}; expected {sd_layers.SCALE_AT}.")
     num_blocks = sum(s.blocks for s in stages)
-    # Also validates survival_prob and rule; the list has p_L = 1 everywhere when survival_prob=1.
-    rates = sd_layers.survival_schedule(num_blocks, survival_prob, rule)
-    sample_skip = common.resolve_sample_skip(sample_skip, sd_mode, SAMPLE_SKIP_DEFAULT)
-    skips = sd_mode == "batch" or sample_skip
-    if sync_bn and not sync_replicas and skips and survival_prob < 1.0:
-        # Replicas drawing different gates would take different tf.cond / switch_case branches
-        # around a cross-replica all-reduce and hang (see tfsd.layers, "Randomness").
-        raise ValueError(
-            "sync_bn=True with skipping stochastic depth (sd_mode='batch' or sample_skip) needs "
-            "sync_replicas=True."
-        )
+    rates = sd.schedule(num_blocks)  # 1.0 everywhere when survival_prob = 1
+    sample_skip = common.resolve_sample_skip(sd.sample_skip, sd.mode, SAMPLE_SKIP_DEFAULT)
+    sd.check_sync_bn(sync_bn, sample_skip)
     ops = _Ops(bn_momentum, bn_epsilon, sync_bn, conv_fan)
     _ensure_recursion_limit(num_blocks)
 
@@ -352,17 +337,17 @@ def _build(
                 x,
                 _branch_fn(ops, block, channels, stride, prefix, zero_init_residual),
                 name=prefix,
+                sd=sd,
+                index=index,
                 survival_prob=rates[index],
-                sd_mode=sd_mode,
-                sd_scale_at=sd_scale_at,
-                seed=common.block_seed(seed, index),
-                shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
-                sync_replicas=sync_replicas,
                 sample_skip=sample_skip,
+                shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
             )
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
 
+    if not include_top:
+        return keras.Model(inputs, common.feature_pooling(x, pooling), name=name)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     # Torch's default nn.Linear kernel init, uniform(±1/sqrt(fan_in)); float32 logits always.
     head_init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
@@ -372,26 +357,31 @@ def _build(
     return keras.Model(inputs, outputs, name=name)
 
 
+# The paper's settings: p_L = 0.5, whole-batch gates, × p at inference, linear rule.
+CIFAR_SD = common.SDConfig(survival_prob=0.5, mode="batch", scale_at="inference", rule="linear")
+# ImageNet: p_L = 0.8 (module docstring), otherwise as CIFAR.
+IMAGENET_SD = common.SDConfig(survival_prob=0.8, mode="batch", scale_at="inference", rule="linear")
+CIFAR_INPUT_SIZE = (32, 32, 3)
+IMAGENET_INPUT_SIZE = (224, 224, 3)
+
+
+@common.sd_builder(CIFAR_SD)
 def cifar_resnet(
     *,
     name: str,
     depth: int,
     num_classes: int,
     input_shape: tuple[int | None, int | None, int] | None = None,
-    survival_prob: float = 0.5,
-    sd_mode: str = "batch",
-    sd_scale_at: str = "inference",
-    rule: str = "linear",
+    sd: common.SDConfig,
     width: float = 1.0,
     mean: Sequence[float] = common.CIFAR10_MEAN,
     std: Sequence[float] = common.CIFAR10_STD,
-    seed: int | None = 0,
-    sync_replicas: bool = False,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
-    sample_skip: bool | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
 ) -> keras.Model:
     """The stochastic-depth paper's CIFAR ResNet with ``depth = 6n + 2`` layers.
 
@@ -400,21 +390,24 @@ def cifar_resnet(
       depth: 6n + 2 (20, 32, 44, 56, 110, 1202 are registered).
       num_classes: classifier size (10 for CIFAR-10 and SVHN, 100 for CIFAR-100).
       input_shape: (height, width, 3); default (32, 32, 3). Spatial sizes may be None.
-      survival_prob: p_L, the last block's survival probability; 1.0 builds a plain ResNet with
-        no stochastic-depth layer. Default 0.5 (paper).
-      sd_mode: "batch" (paper; dropped branches are skipped) or "sample".
-      sd_scale_at: "inference" (paper) or "train" (inverted scaling).
-      rule: "linear" (paper) or "uniform", see `tfsd.layers.survival_schedule`.
+      sd: stochastic-depth settings (`common.SDConfig`); default `CIFAR_SD`, the paper's:
+        p_L = 0.5 (``survival_prob``: the last block's survival under the default "linear" rule;
+        1.0 builds a plain ResNet with no stochastic-depth layer), ``mode="batch"`` (dropped
+        branches are skipped), ``scale_at="inference"``, ``seed=0`` (block i gets
+        ``common.block_seed(seed, i)``). The keywords ``survival_prob``, ``sd_mode``,
+        ``sd_scale_at``, ``rule`` (any of `tfsd.layers.RULES`), ``seed``, ``sync_replicas`` and
+        ``sample_skip`` (None: `SAMPLE_SKIP_DEFAULT`) replace its fields (`common.sd_builder`).
       width: channel multiplier (channels rounded, at least 1), e.g. 0.25 for tests.
       mean, std: per-channel statistics of [0, 1] images; CIFAR-10's by default.
-      seed: base seed of the blocks' gate streams (block i gets `common.block_seed(seed, i)`);
-        None lets each block draw its own.
-      sync_replicas: every replica draws the same gates (needed with ``sync_bn``).
       bn_momentum, bn_epsilon: BatchNorm settings; Keras momentum 0.9 = Torch momentum 0.1.
-      sync_bn: cross-replica (synchronized) BatchNorm.
+      sync_bn: cross-replica (synchronized) BatchNorm; needs ``sync_replicas=True`` with
+        skipping stochastic depth.
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
-      sample_skip: with ``sd_mode="sample"``, run each branch on its kept examples only (see
-        `tfsd.layers.StochasticResidual`; refused under XLA). None: `SAMPLE_SKIP_DEFAULT`.
+      include_top: add the pooled classifier (``avg_pool`` + ``predictions``). False builds a
+        feature extractor (as keras.applications): no classifier weights, ``num_classes`` unused.
+      pooling: with ``include_top=False``: None returns the last block's feature map
+        ``[batch, h, w, channels]`` (``conv{4|5}_block{n}_out``), "avg" or "max" its global
+        average (``avg_pool``, the classifier's input) or maximum (``max_pool``).
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -429,24 +422,21 @@ def cifar_resnet(
         shortcut="pad",
         conv_fan="fan_in",  # the paper's nninit.kaiming: gain sqrt(2), fan-in
         num_classes=num_classes,
-        input_shape=(32, 32, 3) if input_shape is None else input_shape,
-        survival_prob=survival_prob,
-        sd_mode=sd_mode,
-        sd_scale_at=sd_scale_at,
-        rule=rule,
+        input_shape=CIFAR_INPUT_SIZE if input_shape is None else input_shape,
+        sd=sd,
         width=width,
         mean=mean,
         std=std,
-        seed=seed,
-        sync_replicas=sync_replicas,
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
-        sample_skip=sample_skip,
+        include_top=include_top,
+        pooling=pooling,
     )
 
 
+@common.sd_builder(IMAGENET_SD)
 def resnet(
     *,
     name: str,
@@ -454,20 +444,16 @@ def resnet(
     blocks: Sequence[int],
     num_classes: int,
     input_shape: tuple[int | None, int | None, int] | None = None,
-    survival_prob: float = 0.8,
-    sd_mode: str = "batch",
-    sd_scale_at: str = "inference",
-    rule: str = "linear",
+    sd: common.SDConfig,
     width: float = 1.0,
     mean: Sequence[float] = common.IMAGENET_MEAN,
     std: Sequence[float] = common.IMAGENET_STD,
-    seed: int | None = 0,
-    sync_replicas: bool = False,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
-    sample_skip: bool | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
 ) -> keras.Model:
     """ImageNet ResNet v1.5 (torchvision/timm layout) with stochastic depth on every block.
 
@@ -477,13 +463,11 @@ def resnet(
       blocks: blocks per stage, four integers.
       num_classes: classifier size (1000 for ImageNet).
       input_shape: (height, width, 3); default (224, 224, 3). Spatial sizes may be None.
-      survival_prob: p_L, the last block's survival probability; default 0.8 (see the module
-        docstring); 1.0 builds a plain ResNet with no stochastic-depth layer.
-      sd_mode, sd_scale_at, rule, width, seed, sync_replicas, bn_momentum, bn_epsilon, sync_bn:
-        as in `cifar_resnet`.
+      sd: as in `cifar_resnet`, default `IMAGENET_SD`: p_L = 0.8 (module docstring).
+      width, bn_momentum, bn_epsilon, sync_bn: as in `cifar_resnet`.
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
       zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
-      sample_skip: as in `cifar_resnet`.
+      include_top, pooling: as in `cifar_resnet`.
 
     Returns:
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
@@ -499,21 +483,17 @@ def resnet(
         shortcut="projection",
         conv_fan="fan_out",  # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu")
         num_classes=num_classes,
-        input_shape=(224, 224, 3) if input_shape is None else input_shape,
-        survival_prob=survival_prob,
-        sd_mode=sd_mode,
-        sd_scale_at=sd_scale_at,
-        rule=rule,
+        input_shape=IMAGENET_INPUT_SIZE if input_shape is None else input_shape,
+        sd=sd,
         width=width,
         mean=mean,
         std=std,
-        seed=seed,
-        sync_replicas=sync_replicas,
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         sync_bn=sync_bn,
         zero_init_residual=zero_init_residual,
-        sample_skip=sample_skip,
+        include_top=include_top,
+        pooling=pooling,
     )
 
 
@@ -521,19 +501,35 @@ def resnet(
 # Registered variants: one line each.
 # -------------------------------------------------------------------------------------------------
 
+
+def _register_cifar(name: str, depth: int) -> None:
+    n = (depth - 2) // 6
+    info = ModelInfo(
+        CIFAR_INPUT_SIZE, common.CIFAR10_MEAN, common.CIFAR10_STD, 3 * n, 3 * n, CIFAR_SD
+    )
+    register(name, cifar_resnet, info=info, depth=depth)
+
+
+def _register_imagenet(name: str, block: str, blocks: tuple[int, ...]) -> None:
+    info = ModelInfo(
+        IMAGENET_INPUT_SIZE,
+        common.IMAGENET_MEAN,
+        common.IMAGENET_STD,
+        sum(blocks),
+        sum(blocks),
+        IMAGENET_SD,
+    )
+    register(name, resnet, info=info, block=block, blocks=blocks)
+
+
 # CIFAR (6n + 2 layers, n = 3, 5, 7, 9, 18, 200); 110 and 1202 are the paper's CIFAR models.
-register("cifar_resnet20", cifar_resnet, depth=20)
-register("cifar_resnet32", cifar_resnet, depth=32)
-register("cifar_resnet44", cifar_resnet, depth=44)
-register("cifar_resnet56", cifar_resnet, depth=56)
-register("cifar_resnet110", cifar_resnet, depth=110)
-register("cifar_resnet152", cifar_resnet, depth=152)  # the paper's SVHN model (n = 25)
-register("cifar_resnet1202", cifar_resnet, depth=1202)
+for _depth in (20, 32, 44, 56, 110, 152, 1202):  # 152: the paper's SVHN model (n = 25)
+    _register_cifar(f"cifar_resnet{_depth}", _depth)
 # ImageNet v1.5 (He et al. 2016, table 1).
-register("resnet18", resnet, block="basic", blocks=(2, 2, 2, 2))
-register("resnet34", resnet, block="basic", blocks=(3, 4, 6, 3))
-register("resnet50", resnet, block="bottleneck", blocks=(3, 4, 6, 3))
-register("resnet101", resnet, block="bottleneck", blocks=(3, 4, 23, 3))
-register("resnet152", resnet, block="bottleneck", blocks=(3, 8, 36, 3))
+_register_imagenet("resnet18", "basic", (2, 2, 2, 2))
+_register_imagenet("resnet34", "basic", (3, 4, 6, 3))
+_register_imagenet("resnet50", "bottleneck", (3, 4, 6, 3))
+_register_imagenet("resnet101", "bottleneck", (3, 4, 23, 3))
+_register_imagenet("resnet152", "bottleneck", (3, 8, 36, 3))
 # Loading a saved cifar_resnet1202 in a fresh process must not hit the recursion limit.
 _ensure_recursion_limit(3 * 200)

@@ -1,4 +1,4 @@
-"""Importing keras.applications EfficientNet weights, and folding 1/p into a residual branch.
+"""Importing keras.applications EfficientNet weights into tfsd EfficientNets.
 
 `load_keras_applications_weights` copies the weights of a keras.applications EfficientNet (a model
 instance, or a weights file) into the tfsd model with the same architecture
@@ -32,13 +32,13 @@ guess for files.
 Stochastic-depth scaling. keras.applications uses inverted scaling (identity at inference), as
 tfsd's default ``sd_scale_at="train"``. A tfsd model built with ``sd_scale_at="inference"``
 computes ``shortcut + p · branch`` at inference, so the importer multiplies each residual block's
-branch output by 1/p (`scale_branch_output`, on ``blockXy_project_bn``) and inference outputs match.
+branch output by 1/p (`tfsd.models.folding.match_inverted_scaling`, on ``blockXy_project_bn``) and
+inference outputs match.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -48,222 +48,12 @@ import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
+from tfsd.models import common
+from tfsd.models.folding import match_inverted_scaling
 
-# keras.applications efficientnet.py, IMAGENET_STDDEV_RGB: the extra Rescaling is 1/sqrt of these.
-IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
-
-# -------------------------------------------------------------------------------------------------
-# Folding a factor into a residual branch.
-# -------------------------------------------------------------------------------------------------
-
-# Layers whose output scales with their input: f(c·x) = c·f(x) for c > 0.
-_SCALE_EQUIVARIANT = (
-    keras.layers.Identity,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.Reshape,
-    keras.layers.Flatten,
-    keras.layers.Permute,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-)
-# Layers computing ``activation(x @ kernel + bias)``; linear in (kernel, bias) when the
-# activation is linear. SeparableConv's last linear map is its pointwise kernel.
-_KERNEL_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
-
-
-def _is_linear(activation: Any) -> bool:
-    return activation is None or getattr(activation, "__name__", "") == "linear"
-
-
-def tensor_producer(tensor: Any, where: str) -> keras.layers.Layer:
-    """The layer whose output ``tensor`` is up to a positive scale.
-
-    Walks back from a symbolic tensor through layers that commute with a positive scale
-    (dropout, padding, pooling, reshape…) and into the outputs of nested sub-models.
-
-    Raises:
-      ValueError: the tensor is a model input, or a sub-model on the way has several outputs.
-    """
-    return producer_path(tensor, where)[0]
-
-
-def producer_path(
-    tensor: Any, where: str, container: keras.Model | None = None
-) -> tuple[keras.layers.Layer, list[tuple[Any, keras.Model | None]]]:
-    """`tensor_producer` and the symbolic tensors walked to reach it.
-
-    Returns ``(producer, path)``: ``path`` lists ``(tensor, model)`` pairs from ``tensor`` back to
-    the producer's output, each with the functional model whose graph holds it (``container`` for
-    the first; the sub-model for tensors inside one), so callers can check that scaling the
-    producer changes nothing but ``tensor`` (`tensor_consumers`).
-    """
-    path = [(tensor, container)]
-    op, node_index, _ = tensor._keras_history
-    while True:
-        while isinstance(op, _SCALE_EQUIVARIANT):
-            node = op._inbound_nodes[node_index]
-            if len(node.input_tensors) != 1:
-                break
-            path.append((node.input_tensors[0], container))
-            op, node_index, _ = node.input_tensors[0]._keras_history
-        if isinstance(op, keras.Model):
-            container = op
-            inner = _single_output(op, where)
-            path.append((inner, container))
-            op, node_index, _ = inner._keras_history
-            continue
-        if isinstance(op, keras.layers.InputLayer):
-            raise ValueError(f"{where}: the branch output is its input; nothing to scale.")
-        return op, path
-
-
-def tensor_consumers(tensor: Any, model: keras.Model | None) -> int:
-    """How many times a symbolic tensor is used: as a layer input, or as an output of ``model``.
-
-    Counts the nodes (layer calls) of the tensor's producer that take ``tensor`` as an input —
-    Keras 3 records them in ``Operation._outbound_nodes`` (keras/src/ops/operation.py,
-    keras/src/ops/node.py) — plus one if ``tensor`` is one of ``model.outputs``.
-    """
-    op = tensor._keras_history[0]
-    uses = sum(
-        any(t is tensor for t in node.input_tensors) for node in getattr(op, "_outbound_nodes", [])
-    )
-    outputs = getattr(model, "outputs", None) or []
-    return uses + sum(o is tensor for o in outputs)
-
-
-def _single_output(model: keras.Model, where: str) -> Any:
-    outputs = getattr(model, "outputs", None)
-    if not outputs or len(outputs) != 1:
-        raise ValueError(f"{where}: sub-model {model.name!r} must have a single output.")
-    return outputs[0]
-
-
-def _output_producer(layer: keras.layers.Layer, where: str) -> keras.layers.Layer:
-    """The layer computing ``layer``'s output, looking through sub-models and equivariant ops."""
-    if isinstance(layer, keras.Model):
-        return tensor_producer(_single_output(layer, where), where)
-    return layer
-
-
-def scale_branch_output(residual_layer: sd_layers.StochasticResidual, factor: float):
-    """Multiplies the output of a `StochasticResidual`'s branch by ``factor``, in its weights.
-
-    Finds the last affine layer of the branch (walking back from the branch output through
-    nested sub-models and layers that commute with a positive scale: dropout, padding, pooling,
-    reshape…) and scales its parameters:
-
-    * ``BatchNormalization``: gamma and beta (its output is ``gamma · x̂ + beta``);
-    * ``Dense``, ``Conv*``, ``DepthwiseConv*``, ``Conv*Transpose``: kernel and bias (the
-      pointwise kernel for ``SeparableConv*``); the layer's activation must be linear.
-
-    Used to move a stochastic-depth scale between conventions: a ``scale_at="inference"`` layer
-    computes ``shortcut + p · branch`` at inference, so ``scale_branch_output(layer, 1 / p)``
-    makes it output what an inverted-scaling (``scale_at="train"``) model with the original
-    weights outputs, and ``factor = p`` folds the inference scale into the weights.
-
-    Args:
-      residual_layer: a built `tfsd.layers.StochasticResidual`.
-      factor: a positive, finite multiplier.
-
-    Returns:
-      The layer whose weights were scaled.
-
-    Raises:
-      ValueError: no scalable affine layer ends the branch (e.g. a non-linear activation, a
-        BatchNormalization with ``scale=False``, or a layer reused elsewhere in the branch).
-    """
-    if not isinstance(residual_layer, sd_layers.StochasticResidual):
-        raise ValueError(
-            f"scale_branch_output needs a StochasticResidual, got {type(residual_layer).__name__}."
-        )
-    where = f"scale_branch_output({residual_layer.name!r})"
-    return scale_layer_output(_output_producer(residual_layer.branch, where), factor, where)
-
-
-def _check_factor(factor: Any) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-        raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
-    if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"factor must be a positive finite number, got {factor!r}.")
-
-
-def scale_layer_output(
-    layer: keras.layers.Layer, factor: float, where: str = ""
-) -> keras.layers.Layer:
-    """Multiplies the output of one affine ``layer`` by ``factor`` through its parameters.
-
-    ``BatchNormalization``: gamma and beta; ``Dense``/``Conv*``/``DepthwiseConv*``/
-    ``Conv*Transpose``: kernel and bias (the pointwise kernel of ``SeparableConv*``), whose
-    activation must be linear. ``where`` prefixes error messages.
-
-    Raises:
-      ValueError: the layer is not affine in its parameters, is called more than once (its other
-        uses would change too), or is quantized or has LoRA.
-    """
-    where = where or f"scale_layer_output({layer.name!r})"
-    _check_factor(factor)
-    if len(getattr(layer, "_inbound_nodes", ())) > 1:
-        raise ValueError(f"{where}: {layer.name!r} is called more than once; scaling it is unsafe.")
-    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
-        raise ValueError(f"{where}: {layer.name!r} is quantized or has LoRA; cannot scale it.")
-
-    if isinstance(layer, keras.layers.BatchNormalization):
-        if not layer.scale:
-            raise ValueError(
-                f"{where}: BatchNormalization {layer.name!r} has no gamma (scale=False)."
-            )
-        variables = [layer.gamma] + ([layer.beta] if layer.center else [])
-    elif isinstance(layer, _KERNEL_LAYERS):
-        if not _is_linear(getattr(layer, "activation", None)):
-            raise ValueError(
-                f"{where}: {layer.name!r} ends with a non-linear activation; cannot scale it."
-            )
-        is_separable = isinstance(
-            layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-        )
-        kernel = layer.pointwise_kernel if is_separable else layer.kernel
-        variables = [kernel] + ([layer.bias] if getattr(layer, "bias", None) is not None else [])
-    else:
-        raise ValueError(
-            f"{where}: the output comes from {type(layer).__name__} {layer.name!r}; expected a "
-            f"BatchNormalization, Dense or convolution layer."
-        )
-    for v in variables:
-        v.assign(np.asarray(v) * np.asarray(factor, dtype=v.dtype))
-    return layer
-
+# keras.applications efficientnet.py's IMAGENET_STDDEV_RGB (the same numbers as tfsd's ImageNet
+# std): the extra Rescaling is 1/sqrt of these.
+IMAGENET_STDDEV_RGB = common.IMAGENET_STD
 
 # -------------------------------------------------------------------------------------------------
 # Walking models.
@@ -599,15 +389,7 @@ def load_keras_applications_weights(
             variable.assign(array.astype(variable.dtype))
 
     # keras.applications scales at training time; fold 1/p where the model scales at inference.
-    for layer in sd_layers.stochastic_depth_layers(model):
-        if layer.scale_at != "inference" or layer.survival_prob == 1.0:
-            continue
-        if not isinstance(layer, sd_layers.StochasticResidual):
-            raise ValueError(
-                f"{layer.name!r} scales at inference and is not a StochasticResidual; cannot fold "
-                f"1/p into its branch."
-            )
-        scale_branch_output(layer, 1.0 / layer.survival_prob)
+    match_inverted_scaling(model)
     # Compiled functions may hold the old normalisation constants (Normalization.finalize_state).
     for attr in ("predict_function", "test_function", "train_function"):
         if hasattr(model, attr):
