@@ -21,6 +21,8 @@ setuptools.setup(
         # PredictionLog / ModelServerConfig protos for warm-up files and models.config; the
         # same minor version as TensorFlow, as TF Serving releases are cut with it.
         "tensorflow-serving-api>=2.21,<2.22",
+        # LiteRT interpreter for verifying .tflite models (tf.lite.Interpreter is deprecated).
+        "ai-edge-litert>=2.3,<3",
     ],
     extras_require={
         "test": [
@@ -36,6 +38,7 @@ setuptools.setup(
         "console_scripts": [
             "tfsd-train=tfsd.train:run_main",
             "tfsd-export=tfsd.export:run_main",
+            "tfsd-tflite=tfsd.tflite:run_main",
         ]
     },
 )
