@@ -23,6 +23,8 @@ setuptools.setup(
         "tensorflow-serving-api>=2.21,<2.22",
         # NumPy reader of PyTorch state dicts (tfsd.models.import_torch); no torch needed.
         "safetensors>=0.4,<1",
+        # LiteRT interpreter for verifying .tflite models (tf.lite.Interpreter is deprecated).
+        "ai-edge-litert>=2.3,<3",
     ],
     extras_require={
         "test": [
@@ -38,6 +40,7 @@ setuptools.setup(
         "console_scripts": [
             "tfsd-train=tfsd.train:run_main",
             "tfsd-export=tfsd.export:run_main",
+            "tfsd-tflite=tfsd.tflite:run_main",
         ]
     },
 )

@@ -1,0 +1,374 @@
+"""tfsd.tflite: float, float16, dynamic-range and int8 TFLite models, verified in LiteRT.
+
+Three tiny models (a CIFAR ResNet-20, an EfficientNet-B0 and an EfficientNet-Lite0 at width
+0.25, 32×32 pixels) are trained on the synthetic dataset with fixed seeds, so that their top-1
+decisions have margins and agreement means something, then exported with `tfsd.export` (folded
+stochastic depth). Each is trained once per test session: under pytest-xdist the workers share
+the trained exports through a directory lock (see `_trained`).
+
+Agreement is measured on VERIFY held-out eval images, disjoint from the CALIBRATION images:
+≥ 99% there allows at most 2 disagreements, ≥ 98% at most 4.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsd import data as data_lib
+from tfsd import export, models, tflite
+
+SIZE = 32
+CALIBRATION = 100
+VERIFY = 200
+DATA = {"name": "synthetic", "synthetic_train_size": 8192, "synthetic_eval_size": 1024}
+# name, builder overrides, training steps (Adam 3e-3, batch 32, seed 0). Measured eval accuracy
+# on 512 images: ResNet 99.6% after 300 steps; EfficientNet-B0 52%, Lite0 31% after 300.
+VARIANTS = {
+    "resnet": ("cifar_resnet20", dict(width=0.25), 120),
+    "effnet": ("efficientnet_b0", dict(width=0.25, depth=0.34), 250),
+    "lite": ("efficientnet_lite0", dict(width=0.25, depth=0.34), 250),
+}
+
+
+def _eval_data() -> tflite.EvalData:
+    ds = data_lib.build_dataset(
+        DATA, split="eval", global_batch_size=CALIBRATION + VERIFY, image_size=SIZE
+    )
+    x, y = (t.numpy() for t in next(iter(ds)))
+    return tflite.EvalData(x[:CALIBRATION], x[CALIBRATION:], y[CALIBRATION:], "synthetic eval")
+
+
+def _train_and_export(variant: str, base: Path) -> str:
+    name, overrides, steps = VARIANTS[variant]
+    keras.utils.set_random_seed(0)
+    model = models.create_model(
+        name, num_classes=10, input_shape=(SIZE, SIZE, 3), survival_prob=0.8, **overrides
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    train = data_lib.build_dataset(DATA, split="train", global_batch_size=32, image_size=SIZE)
+    model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
+    return export.export_saved_model(
+        model, str(base), preprocess="none", sample_images=_eval_data().verification[:8]
+    )
+
+
+def _trained(variant: str, tmp_path_factory) -> str:
+    """The variant's SavedModel, trained and exported once per session across xdist workers.
+
+    xdist workers have their own temporary directories under one shared parent; the first
+    worker to create the lock directory trains, the others wait for its ``done`` file.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    home = root / f"tfsd-tflite-{variant}"
+    done = home / "done"
+    try:
+        os.makedirs(home)
+    except FileExistsError:
+        deadline = time.time() + 900
+        while not done.exists():
+            if (home / "failed").exists() or time.time() > deadline:
+                pytest.fail(f"Training {variant} failed in another worker.")
+            time.sleep(1)
+        return done.read_text()
+    try:
+        path = _train_and_export(variant, home / "export")
+    except BaseException:
+        (home / "failed").write_text("")
+        raise
+    done.write_text(path)
+    return path
+
+
+_CACHE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _eval_data()
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    """``serving(variant)``: the variant's `tflite.ServingModel`, loaded once per module."""
+
+    def get(variant):
+        if variant not in _CACHE:
+            _CACHE[variant] = tflite.ServingModel(_trained(variant, tmp_path_factory))
+        return _CACHE[variant]
+
+    return get
+
+
+# -------------------------------------------------------------------------------------------------
+# Float, float16, dynamic range.
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float_conversion_matches_saved_model(serving, data, variant):
+    model = serving(variant)
+    content = tflite.convert(model, "none")
+    report = tflite.verify_tflite(content, model, data.verification, data.labels, latency_runs=5)
+    assert report["relative_logit_diff"] <= 1e-4, report["relative_logit_diff"]
+    assert report["top1_agreement"] == 1.0
+    assert report["input"] == {"dtype": "float32", "shape": [1, SIZE, SIZE, 3],
+                               "quantization": [0.0, 0.0]}  # fmt: skip
+    assert set(report["outputs"]) == {"logits", "probabilities"}
+    assert report["num_float_ops"] == report["num_ops"] > 10
+    assert not any(n.startswith("Flex") or n in tflite.RANDOM_OPS for n in report["ops"])
+    # Probabilities are the softmax of the logits, as in the SavedModel.
+    lite = tflite.LiteModel(content)
+    lite._feed(data.verification[0])
+    lite.interpreter.invoke()
+    np.testing.assert_allclose(
+        lite._read("probabilities"), tf.nn.softmax(lite._read("logits")).numpy(), atol=1e-6
+    )
+
+
+# The tiny EfficientNet-Lite0 does not train to usable margins in 250 steps (31% eval accuracy,
+# median top-1 margin 0.6 against logits up to 35; Adam 1e-3 / 1e-2, SGD 0.1, label smoothing and
+# width 0.5 did not do better): its int8 logits step (~0.3) exceeds most margins. Measured
+# int8 agreement 0.885 on 200 images. Strict: these fail loudly once the Lite trains well.
+_LITE_MARGINS = pytest.mark.xfail(
+    strict=True, reason="tiny Lite0 trains to sub-quantization-step margins (see comment)"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant,quantize",
+    [
+        pytest.param(v, q, marks=[_LITE_MARGINS] if (v, q) == ("lite", "dynamic") else [])
+        for v in VARIANTS
+        for q in ("float16", "dynamic")
+    ],
+)
+def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
+    model = serving(variant)
+    content = tflite.convert(model, quantize)
+    report = tflite.verify_tflite(content, model, data.verification, latency_runs=5)
+    assert report["top1_agreement"] >= 0.99, report["top1_agreement"]
+    assert report["images"] == VERIFY
+    weights = {"float16": "DEQUANTIZE", "dynamic": "FULLY_CONNECTED"}
+    assert weights[quantize] in report["ops"]
+    assert not any(n.startswith("Flex") for n in report["ops"])
+    # Smaller than float (for a model this tiny the graph itself is a third of the file, so
+    # the weights' 2x / 4x shows only in the benchmark's full-size models).
+    if variant == "resnet":
+        assert report["size_bytes"] < 0.8 * len(tflite.convert(model, "none"))
+
+
+# -------------------------------------------------------------------------------------------------
+# int8.
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["resnet", pytest.param("lite", marks=_LITE_MARGINS)])
+def test_int8_agrees_for_resnet_and_lite(serving, data, variant):
+    content, report = tflite.int8_with_fallback(serving(variant), data, latency_runs=5)
+    assert report["top1_agreement"] >= 0.98, report["top1_agreement"]
+    assert report["num_float_ops"] == 0  # every compute op is integer
+    assert report["fallback"]["mode"] == "none" and report["fallback"]["float_nodes"] == []
+    ops = report["ops"]
+    assert ops.get("QUANTIZE") == 1 and "CONV_2D" in ops
+    assert not any(n.startswith("Flex") for n in ops)
+
+
+@pytest.mark.slow
+def test_uint8_io_takes_raw_pixels(serving, data):
+    """The uint8 input has scale 1 and zero point 0: camera pixels go in as they are.
+
+    The calibration images here never reach 0 or 255 in every channel, so the converter's own
+    range (scale (max - min) / 255) would not be 1: the test fails if the range fix is lost.
+    """
+    model = serving("resnet")
+    calibration = data.calibration * 0.9 + 10.0  # pixels in [10, 240)
+    assert calibration.min() >= 10.0 and calibration.max() < 240.0
+    calibrated = tflite.calibrate_int8(model, calibration)
+    content = tflite.quantize_int8(calibrated, int8_io=True)
+    lite = tflite.LiteModel(content)
+    assert lite.input["dtype"] == np.uint8
+    assert lite.input["quantization"] == (1.0, 0)
+    assert all(d["dtype"] == np.uint8 for d in lite.outputs.values())
+    # Raw pixels straight into the interpreter, no client arithmetic; dequantized logits.
+    pixels = np.clip(np.round(data.verification), 0, 255).astype(np.uint8)
+    detail = lite.outputs["logits"]
+    scale, zero_point = detail["quantization"]
+    top = []
+    for image in pixels:
+        lite.interpreter.set_tensor(lite.input["index"], image[None])
+        lite.interpreter.invoke()
+        q = lite.interpreter.get_tensor(detail["index"])[0]
+        top.append(np.argmax((q.astype(np.float32) - zero_point) * scale))
+    reference = model.logits(pixels.astype(np.float32)).argmax(-1)
+    assert np.mean(np.array(top) == reference) >= 0.98
+    report = tflite.verify_tflite(content, model, data.verification, latency_runs=5)
+    assert report["input"]["quantization"] == [1.0, 0.0]
+    assert report["top1_agreement"] >= 0.98
+
+
+@pytest.mark.slow
+def test_efficientnet_int8_fallback_improves_or_meets_target(serving, data):
+    model = serving("effnet")
+    plain, plain_report = tflite.int8_with_fallback(model, data, latency_runs=5)
+    before = plain_report["top1_agreement"]
+    content, report = tflite.int8_with_fallback(
+        model, data, fallback="auto", min_agreement=0.98, latency_runs=5
+    )
+    fb = report["fallback"]
+    assert fb["int8_top1_agreement"] == before  # same calibration, same plain int8 model
+    if before >= 0.98:
+        assert fb["float_nodes"] == [] and content == plain
+        return
+    # Below the target: the fallback kept some ops in float and gained agreement for it.
+    assert report["top1_agreement"] > before, fb["attempts"]
+    assert 1 <= len(fb["float_nodes"]) <= fb["budget_float_ops"]
+    assert fb["budget_float_ops"] == int(0.25 * fb["quantized_ops"])
+    assert report["num_float_ops"] >= len(fb["float_nodes"])
+    assert fb["size_cost"] > 1.0  # float weights cost bytes
+    counts = [a["float_ops"] for a in fb["attempts"]]
+    assert counts == sorted(counts) and counts[0] == 1
+    assert fb["meets_min_agreement"] == (report["top1_agreement"] >= 0.98)
+    table = tflite.format_report(
+        {**report, "model": "m", "int8_io": False, "data": "d", "quantization": "int8"}
+    )
+    assert "ops kept in float" in table and fb["float_nodes"][0]["op"] in table
+
+
+def test_int8_needs_representative_data(serving, tmp_path):
+    with pytest.raises(tflite.TFLiteError, match="representative data"):
+        tflite.calibrate_int8(None, np.zeros([0, SIZE, SIZE, 3], np.float32))
+    with pytest.raises(tflite.TFLiteError, match="representative data"):
+        tflite.convert_and_verify(str(tmp_path / "sm"), str(tmp_path / "m.tflite"), quantize="int8")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+# -------------------------------------------------------------------------------------------------
+# Builtin ops only.
+# -------------------------------------------------------------------------------------------------
+
+
+def _module_saved_model(path, body):
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="images")])
+        def serve(self, images):
+            return {"logits": body(tf.reduce_mean(images, axis=[1, 2]))}
+
+    m = M()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    return str(path)
+
+
+def test_op_outside_builtins_fails_with_its_name(tmp_path):
+    path = _module_saved_model(tmp_path / "igamma", lambda x: tf.math.igamma(x + 1.0, x + 2.0))
+    with pytest.raises(tflite.TFLiteError, match=r"Igamma.*FlexIgamma.*builtin ops only"):
+        tflite.convert(tflite.ServingModel(path), "none")
+
+
+def test_random_op_is_refused(tmp_path):
+    """TFLite now has a builtin RandomUniform, so a training-mode gate converts: tfsd refuses."""
+    path = _module_saved_model(tmp_path / "random", lambda x: x * tf.random.uniform(tf.shape(x)))
+    with pytest.raises(tflite.TFLiteError, match="RANDOM_UNIFORM"):
+        tflite.convert(tflite.ServingModel(path), "none")
+
+
+# -------------------------------------------------------------------------------------------------
+# Errors, files, data sources.
+# -------------------------------------------------------------------------------------------------
+
+
+def test_missing_saved_model_and_unknown_quantization(tmp_path):
+    with pytest.raises(tflite.TFLiteError, match="No SavedModel"):
+        tflite.convert_and_verify(str(tmp_path / "nope"), str(tmp_path / "m.tflite"))
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        tflite.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), quantize="int4")
+    with pytest.raises(ValueError, match="int8_io needs"):
+        tflite.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), int8_io=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_never_overwritten(tmp_path):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"precious")
+    with pytest.raises(tflite.TFLiteError, match="exists; pass --overwrite"):
+        tflite.convert_and_verify(str(tmp_path / "nope"), str(out))
+    with pytest.raises(tflite.TFLiteError, match="exists"):
+        tflite.write_atomic(str(out), b"new")
+    assert out.read_bytes() == b"precious"
+    tflite.write_atomic(str(out), b"new", overwrite=True)
+    assert out.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]  # no temporary left
+
+
+def test_eval_data_comes_from_the_run_and_is_disjoint(tmp_path):
+    """Calibration = the first eval images, verification = the next; never the same image."""
+    from tests.helpers import tiny_config
+
+    config = tiny_config()
+    (tmp_path / "config.json").write_text(config.to_json())
+    got = tflite.load_eval_data(
+        image_size=16, model_dir=str(tmp_path), calibration_steps=20, verify_images=30
+    )
+    ds = data_lib.build_dataset(config.data, split="eval", global_batch_size=50, image_size=16)
+    x, y = (t.numpy() for t in next(iter(ds)))
+    np.testing.assert_array_equal(got.calibration, x[:20])
+    np.testing.assert_array_equal(got.verification, x[20:])
+    np.testing.assert_array_equal(got.labels, y[20:])
+    distances = np.abs(got.calibration[:, None] - got.verification[None]).max((2, 3, 4))
+    assert distances.min() > 1.0
+    with pytest.raises(ValueError, match="must be disjoint"):
+        tflite.load_eval_data(image_size=16, model_dir=str(tmp_path), verify_images=10_000)
+    named = tflite.load_eval_data(
+        image_size=16, representative_config="cifar10_resnet110:runlocal",
+        calibration_steps=4, verify_images=4,
+    )  # fmt: skip
+    assert named.calibration.shape == (4, 16, 16, 3) and named.labels.shape == (4,)
+
+
+# -------------------------------------------------------------------------------------------------
+# The command line.
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_int8_uint8_io_then_verify(serving, tmp_path):
+    model = serving("resnet")
+    out = tmp_path / "resnet.tflite"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "tfsd.tflite", f"--saved_model={model.path}",
+           f"--output={out}", "--quantize=int8", "--int8_io",
+           "--representative_config=cifar10_resnet110:runlocal", "--calibration_steps=50",
+           "--verify_images=100"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top-1 agreement" in proc.stdout and "no Flex op" in proc.stdout
+    report = json.loads((tmp_path / "resnet.tflite.json").read_text())
+    assert report["quantization"] == "int8" and report["int8_io"] is True
+    assert report["calibration_images"] == 50 and report["images"] == 100
+    assert report["input"]["dtype"] == "uint8" and report["input"]["quantization"] == [1.0, 0.0]
+    assert report["top1_agreement"] >= 0.98
+    assert report["size_bytes"] == out.stat().st_size
+    assert "cifar10_resnet110:runlocal" in report["data"]
+    before = out.read_bytes()
+    # --verify on the existing file (in process): same agreement, nothing rewritten.
+    again = tflite.convert_and_verify(
+        model.path, str(out), verify_only=True, verify_images=100,
+        representative_config="cifar10_resnet110:runlocal", latency_runs=5,
+    )  # fmt: skip
+    assert again["quantization"] == "verify" and again["size_bytes"] == len(before)
+    assert out.read_bytes() == before
