@@ -473,6 +473,12 @@ def test_run_errors_are_clear_and_write_nothing(tmp_path):
     _tiny_run(run, total_steps=2)
     with pytest.raises(export.ExportError, match="does not exist"):
         export.export_run(str(run), str(base), checkpoint=str(run / "checkpoints" / "ckpt-99"))
+    (run / "no_checkpoints").mkdir()
+    with pytest.raises(export.ExportError, match="holds no checkpoint"):
+        export.export_run(str(run), str(base), checkpoint=str(run / "no_checkpoints"))
+    # A checkpoint directory means its latest checkpoint.
+    model, *_, used = export.restore_run(str(run), checkpoint=str(run / "checkpoints"))
+    assert used == tf.train.latest_checkpoint(str(run / "checkpoints"))
     # A checkpoint of another architecture: widen the model in the run's config.
     config = json.loads((run / "config.json").read_text())
     config["model"]["overrides"]["width"] = 0.5
@@ -553,3 +559,47 @@ def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
     with pytest.raises(tf.errors.UnavailableError):
         export.export_saved_model(model, str(base), **kw)
     assert _snapshot(base) == before  # no partial version 2, no temporary directory
+
+
+def test_a_version_published_meanwhile_is_never_overwritten(tmp_path, monkeypatch):
+    """Two exports racing for one number: the later one takes the next free version."""
+    model, preprocess = _build("resnet")
+    base = tmp_path / "base"
+    kw = dict(preprocess=preprocess, sample_images=_images())
+    export.export_saved_model(model, str(base), **kw)  # version 1
+    real_publish = export._publish
+    raced = []
+
+    def racing_publish(tmp_dir, final_dir):
+        if not raced:  # another exporter publishes this very number first
+            raced.append(final_dir)
+            os.makedirs(os.path.join(final_dir, "variables"))
+            Path(final_dir, "saved_model.pb").write_bytes(b"someone else's")
+        return real_publish(tmp_dir, final_dir)
+
+    monkeypatch.setattr(export, "_publish", racing_publish)
+    path = export.export_saved_model(model, str(base), **kw)
+    assert raced == [str(base / "2")] and path == str(base / "3")
+    assert Path(base, "2", "saved_model.pb").read_bytes() == b"someone else's"
+    assert export.verify_export(path)
+    # A given version that appears meanwhile fails instead.
+    raced.clear()
+    with pytest.raises(export.VersionTakenError):
+        export.export_saved_model(model, str(base), version=9, **kw)
+    assert Path(base, "9", "saved_model.pb").read_bytes() == b"someone else's"
+
+
+def test_models_config_is_written_once_and_never_replaced(tmp_path):
+    base = tmp_path / "base"
+    path = Path(export.write_models_config(str(base), "cifar"))
+    first = path.read_text()
+    assert 'name: "cifar"' in first
+    assert Path(export.write_models_config(str(base), "cifar")).read_text() == first
+    # An operator's edit (a version policy) survives later exports.
+    edited = first.replace('model_platform: "tensorflow"',
+                           'model_platform: "tensorflow"\n    model_version_policy { latest { '
+                           "num_versions: 2 } }")  # fmt: skip
+    path.write_text(edited)
+    export.write_models_config(str(base), "other_name")
+    assert path.read_text() == edited
+    assert sorted(os.listdir(base)) == ["models.config"]  # no temporary file left

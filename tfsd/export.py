@@ -39,6 +39,7 @@ atomic publish, the verification and the warm-up file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -70,6 +71,10 @@ _TMP_PREFIX = ".tfsd-export-tmp-"
 
 class ExportError(RuntimeError):
     """An export that cannot be made or verified; nothing was published."""
+
+
+class VersionTakenError(ExportError):
+    """The version directory appeared while exporting; nothing was overwritten."""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -119,10 +124,17 @@ def _copy_tree_graph_last(src: str, dst: str) -> None:
 def _publish(tmp_dir: str, final_dir: str) -> None:
     """Moves a verified export into place; never replaces an existing directory."""
     if tf.io.gfile.exists(final_dir):
-        raise ExportError(f"{final_dir} appeared while exporting; nothing was overwritten.")
+        raise VersionTakenError(f"{final_dir} appeared while exporting; nothing was overwritten.")
     if _is_local(final_dir):
-        # rename(2) within one directory is atomic: TF Serving sees no version or all of it.
-        os.rename(tmp_dir, final_dir)
+        # rename(2) within one directory is atomic: TF Serving sees no version or all of it. A
+        # version another export published meanwhile is a non-empty directory, which rename
+        # refuses (ENOTEMPTY/EEXIST) rather than replace.
+        try:
+            os.rename(tmp_dir, final_dir)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise VersionTakenError(f"{final_dir} appeared while exporting.") from e
+            raise
         return
     try:
         _copy_tree_graph_last(tmp_dir, final_dir)
@@ -142,6 +154,7 @@ def write_models_config(
     A ``ModelServerConfig`` text proto (tensorflow_serving/config/model_server_config.proto)
     naming ``model_name`` with its base path as the server sees it: ``container_base_path``
     (default ``/models/<model_name>``, where ``export/docker-compose.yml`` mounts the base).
+    An existing file is never replaced: one that differs is kept, with a warning.
     """
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -153,11 +166,24 @@ def write_models_config(
     entry.name = model_name
     entry.base_path = container_base_path or f"/models/{model_name}"
     entry.model_platform = "tensorflow"
+    tf.io.gfile.makedirs(export_base)
     path = os.path.join(export_base, MODELS_CONFIG)
+    text = text_format.MessageToString(config)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            existing = f.read()
+        if existing != text:
+            # An operator may have edited it (version policy, labels): never overwrite silently.
+            logging.warning(
+                "%s exists and differs from the config for model %r; left as it is.",
+                path,
+                model_name,
+            )
+        return path
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text_format.MessageToString(config))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=False)
     return path
 
 
@@ -494,7 +520,7 @@ def export_saved_model(
     servable = _Servable(served, preprocess, class_names)
 
     tf.io.gfile.makedirs(export_base)
-    number = _choose_version(export_base, version)
+    _choose_version(export_base, version)  # fail early on a taken --version, before any work
     tmp_dir = os.path.join(export_base, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
     try:
         _write_saved_model(servable, tmp_dir)
@@ -503,8 +529,16 @@ def export_saved_model(
         )
         errors = verify_export(tmp_dir, servable)
         logging.info("Verified %s: relative errors %s", tmp_dir, errors)
-        final_dir = os.path.join(export_base, str(number))
-        _publish(tmp_dir, final_dir)
+        for attempt in range(3):
+            final_dir = os.path.join(export_base, str(_choose_version(export_base, version)))
+            try:
+                _publish(tmp_dir, final_dir)
+                break
+            except VersionTakenError:
+                # Another export published this number since it was chosen: take the next one
+                # (only when the version was not given; a given one raised above).
+                if version is not None or attempt == 2:
+                    raise
     finally:
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
@@ -550,7 +584,8 @@ def restore_run(
 
     Args:
       model_dir: the run directory (``--model_dir`` of ``tfsd.train``).
-      checkpoint: a checkpoint prefix (``DIR/checkpoints/ckpt-1000``); None takes the latest.
+      checkpoint: a checkpoint prefix (``DIR/checkpoints/ckpt-1000``) or a directory of
+        checkpoints (its latest); None takes the run's latest.
       weights: "ema" (the run's EMA weights; an error if it kept none), "raw" (the trained
         weights) or None (EMA when the run has it, else raw).
       data_dir: TFDS data directory, for the class count and names of TFDS runs.
@@ -572,6 +607,10 @@ def restore_run(
                 f"{model_dir} has no checkpoint in {os.path.join(model_dir, 'checkpoints')}: "
                 "train first (a run saves every checkpoint_every_steps and at the end)."
             )
+    elif tf.io.gfile.isdir(checkpoint):
+        directory, checkpoint = checkpoint, tf.train.latest_checkpoint(checkpoint)
+        if checkpoint is None:
+            raise ExportError(f"{directory} holds no checkpoint.")
     elif not tf.io.gfile.exists(checkpoint + ".index"):
         raise ExportError(f"Checkpoint {checkpoint} does not exist (no {checkpoint}.index).")
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
@@ -581,8 +620,12 @@ def restore_run(
         raise ExportError(f"{model_dir} kept no EMA weights (ema_decay = 0); use weights='raw'.")
     use_ema = has_ema and weights != "raw"
 
+    previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # served in float32 whatever trained.
-    model = train.build_model(config, num_classes)
+    try:
+        model = train.build_model(config, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     items: dict[str, Any] = {"model": model}
     ema = None
     if has_ema:
