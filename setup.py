@@ -8,7 +8,10 @@ setuptools.setup(
     description="TF-native stochastic depth: layers, EfficientNet/ResNet zoo, training, export.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["tfsd", "tfsd.*"]),
+    # The configs live at the top of the repository (configs/NAME.py, as the design wants) and
+    # ship inside the package as tfsd.configs, so `--config=NAME` works from any installation.
+    packages=setuptools.find_packages(include=["tfsd", "tfsd.*"]) + ["tfsd.configs"],
+    package_dir={"tfsd.configs": "configs"},
     python_requires=">=3.10",
     # Bounded pins: the versions below are the ones CI installs and tests.
     install_requires=[
@@ -34,6 +37,8 @@ setuptools.setup(
             "keras-cv==0.9.0",
             # Real photos (PNG and JPEG files inside the wheel) for decoding and serving tests.
             "scikit-image>=0.24,<1",
+            # .ci/run lints with it before the tests; rules change between minor versions.
+            "ruff>=0.17,<0.18",
         ],
     },
     entry_points={

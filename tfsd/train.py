@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -50,7 +51,26 @@ from tfsd import layers as sd_layers
 # Command line and config resolution.
 # -------------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+def _config_dir() -> Path:
+    """Where ``--config=NAME`` looks: the installed ``tfsd.configs`` package, else the source tree.
+
+    setup.py ships the top-level ``configs/`` as the package ``tfsd.configs`` (``package_dir``),
+    so after ``pip install`` of a wheel they sit next to this module. In a source checkout (on
+    ``PYTHONPATH`` or installed editable, where this file stays in the checkout) they sit beside
+    the ``tfsd/`` directory. Any other layout: ask the import system.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "__init__.py").is_file():
+            return candidate
+    spec = importlib.util.find_spec("tfsd.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    raise ImportError("tfsd's configs are missing: neither tfsd/configs nor a source configs/.")
+
+
+CONFIG_DIR = _config_dir()
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config: configs/NAME.py by NAME, or a path; ':runlocal' selects the mode."
@@ -64,7 +84,7 @@ class CheckpointError(RuntimeError):
 
 
 def available_configs() -> list[str]:
-    """Names of the config files shipped in ``configs/``."""
+    """Names of the config files shipped in ``configs/`` (installed as ``tfsd.configs``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
