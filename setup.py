@@ -28,6 +28,8 @@ setuptools.setup(
         "safetensors>=0.4,<1",
         # LiteRT interpreter for verifying .tflite models (tf.lite.Interpreter is deprecated).
         "ai-edge-litert>=2.3,<3",
+        # Confusion matrices (tfsd.evaluate) and plots (tfsd.plot); headless Agg canvas.
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": [
@@ -46,6 +48,8 @@ setuptools.setup(
             "tfsd-train=tfsd.train:run_main",
             "tfsd-export=tfsd.export:run_main",
             "tfsd-tflite=tfsd.tflite:run_main",
+            "tfsd-evaluate=tfsd.evaluate:run_main",
+            "tfsd-predict=tfsd.predict:run_main",
         ]
     },
 )

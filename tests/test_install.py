@@ -49,6 +49,9 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     Path(purelib, "tfsd_deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
 
+    for script in ("tfsd-train", "tfsd-export", "tfsd-tflite", "tfsd-evaluate", "tfsd-predict"):
+        assert (venv / "bin" / script).is_file(), script
+
     work = tmp_path / "elsewhere"  # neither the checkout nor the virtualenv
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
