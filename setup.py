@@ -8,7 +8,10 @@ setuptools.setup(
     description="TF-native stochastic depth: layers, EfficientNet/ResNet zoo, training, export.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["tfsd", "tfsd.*"]),
+    # The configs live at the top of the repository (configs/NAME.py, as the design wants) and
+    # ship inside the package as tfsd.configs, so `--config=NAME` works from any installation.
+    packages=setuptools.find_packages(include=["tfsd", "tfsd.*"]) + ["tfsd.configs"],
+    package_dir={"tfsd.configs": "configs"},
     python_requires=">=3.10",
     # Bounded pins: the versions below are the ones CI installs and tests.
     install_requires=[
@@ -25,6 +28,8 @@ setuptools.setup(
         "safetensors>=0.4,<1",
         # LiteRT interpreter for verifying .tflite models (tf.lite.Interpreter is deprecated).
         "ai-edge-litert>=2.3,<3",
+        # Confusion matrices (tfsd.evaluate) and plots (tfsd.plot); headless Agg canvas.
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": [
@@ -34,6 +39,8 @@ setuptools.setup(
             "keras-cv==0.9.0",
             # Real photos (PNG and JPEG files inside the wheel) for decoding and serving tests.
             "scikit-image>=0.24,<1",
+            # .ci/run lints with it before the tests; rules change between minor versions.
+            "ruff>=0.17,<0.18",
         ],
     },
     entry_points={
@@ -41,6 +48,8 @@ setuptools.setup(
             "tfsd-train=tfsd.train:run_main",
             "tfsd-export=tfsd.export:run_main",
             "tfsd-tflite=tfsd.tflite:run_main",
+            "tfsd-evaluate=tfsd.evaluate:run_main",
+            "tfsd-predict=tfsd.predict:run_main",
         ]
     },
 )

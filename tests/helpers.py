@@ -1,6 +1,7 @@
 """Small shared test helpers."""
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -52,3 +53,27 @@ def tiny_config(**changes):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def write_image_folder(root, classes=("red", "green", "blue"), per_class=16, size=24, seed=0):
+    """A ``folder:`` dataset of PNG and JPEG files, one sub-folder per class.
+
+    Class ``i`` is noise around a colour whose channel ``i % 3`` is bright, so a small network
+    learns it in a few dozen steps; sizes vary by a few pixels, as real photos do.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = size + int(rng.integers(0, 5)), size + int(rng.integers(0, 5))
+            image = rng.normal(90.0, 30.0, (h, w, 3))
+            image[..., label % 3] += 110.0
+            image = tf.constant(np.clip(image, 0, 255).astype(np.uint8))
+            if i % 2:
+                tf.io.write_file(
+                    str(root / name / f"{i}.jpg"), tf.io.encode_jpeg(image, quality=95)
+                )
+            else:
+                tf.io.write_file(str(root / name / f"{i}.png"), tf.io.encode_png(image))
+    return root

@@ -24,6 +24,9 @@ import ml_collections
 from tfsd import data as data_lib
 from tfsd import distribute
 
+# Fields added after runs were written: a config.json without them holds these values.
+NEW_FIELD_DEFAULTS = {"init.source": "", "init.skip": "", "init.freeze_steps": 0}
+
 # Fields that may differ between a run and its resumption: they change how long a run goes and
 # how it reports, never what one training step computes.
 RUN_LENGTH_FIELDS = (
@@ -96,6 +99,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0 = at the end only
     c.eval_steps = 0  # 0 = the whole eval split
     c.deterministic = False  # tf.config.experimental.enable_op_determinism()
+    # Fine-tuning (tfsd.train.initialize_from), applied at the start of a fresh run, never on
+    # resume. init.from: "" (random init), keras.applications weights (.h5 / .weights.h5), a
+    # .keras model file, a torchvision/timm ResNet state dict (.safetensors), or another run's
+    # directory or checkpoint prefix. init.skip: comma-separated layer names left as initialised
+    # (the head, "predictions", when class counts differ). init.freeze_steps: for that many
+    # steps only the skipped layers (else "predictions") get gradient updates.
+    c.init = ml_collections.ConfigDict()
+    c.init.source = ""  # --config.init.from=PATH is an alias (tfsd.train)
+    c.init.skip = ""
+    c.init.freeze_steps = 0
     c.distribute = ml_collections.ConfigDict()
     # auto | default | one_device | mirrored | multi_worker_mirrored | tpu (tfsd.distribute).
     c.distribute.strategy = "default"
@@ -137,6 +150,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.steps_per_loop >= 1, "steps_per_loop must be >= 1")
     need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1")
     need(c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+    need(c.init.freeze_steps >= 0, "init.freeze_steps must be >= 0")
     need(
         c.distribute.strategy in STRATEGIES,
         f"distribute.strategy={c.distribute.strategy!r} not in {STRATEGIES}",
@@ -306,4 +320,50 @@ def imagenet_resnet(model_name: str, arg: str | None = None) -> ml_collections.C
         c.lr.schedule = "cosine"
         c.lr.base = 0.05
         c.lr.warmup_epochs = 0.25
+    return c
+
+
+def finetune_efficientnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Fine-tunes a keras.applications ImageNet ``model_name`` on a folder of your images.
+
+    A common transfer recipe (not a published one): the pretrained backbone, a new head, 224 px
+    (B0's native size), SGD with Nesterov momentum at lr 0.01 for batch 64 (~1/20 of the
+    from-scratch rate) with cosine decay, the head trained alone for the first 200 steps, EMA,
+    label smoothing 0.1, per-sample stochastic depth at survival 0.8 as in pre-training.
+    ``runlocal``: the same model family shrunk, from random weights, on the synthetic data.
+    """
+    c = base_config()
+    c.model.name = model_name
+    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
+    c.model.survival_prob = 0.8
+    c.model.sd_mode = "sample"
+    c.model.sd_scale_at = "train"
+    c.data.name = "folder:"  # required: --config.data.name=folder:/path/to/images
+    c.batch_size = 64
+    c.num_epochs = 20.0
+    c.optimizer.name = "sgd"
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 1e-5
+    c.lr.base = 0.01
+    c.lr.warmup_epochs = 1.0
+    c.lr.schedule = "cosine"
+    c.label_smoothing = 0.1
+    c.ema_decay = 0.999
+    c.checkpoint_every_steps = 500
+    # keras.applications caches its ImageNet files here (keras.utils.get_file's default cache).
+    variant = model_name.removeprefix("efficientnet_")
+    c.init.source = f"~/.keras/models/efficientnet{variant}_notop.h5"
+    c.init.skip = "predictions"
+    c.init.freeze_steps = 200
+    if _check_arg(arg):
+        _runlocal(c, width=0.25, depth=0.25)
+        c.init.source = ""  # nothing can be downloaded here: random init
+        c.init.freeze_steps = 0
+        c.data.synthetic_train_size = 1024
+        c.data.synthetic_eval_size = 256
+        c.batch_size = 32
+        c.num_epochs = 2.0
+        c.lr.base = 0.05
+        c.label_smoothing = 0.0
+        c.ema_decay = 0.0
     return c

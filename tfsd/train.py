@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -50,7 +51,26 @@ from tfsd import layers as sd_layers
 # Command line and config resolution.
 # -------------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+def _config_dir() -> Path:
+    """Where ``--config=NAME`` looks: the installed ``tfsd.configs`` package, else the source tree.
+
+    setup.py ships the top-level ``configs/`` as the package ``tfsd.configs`` (``package_dir``),
+    so after ``pip install`` of a wheel they sit next to this module. In a source checkout (on
+    ``PYTHONPATH`` or installed editable, where this file stays in the checkout) they sit beside
+    the ``tfsd/`` directory. Any other layout: ask the import system.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "__init__.py").is_file():
+            return candidate
+    spec = importlib.util.find_spec("tfsd.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    raise ImportError("tfsd's configs are missing: neither tfsd/configs nor a source configs/.")
+
+
+CONFIG_DIR = _config_dir()
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config: configs/NAME.py by NAME, or a path; ':runlocal' selects the mode."
@@ -64,7 +84,7 @@ class CheckpointError(RuntimeError):
 
 
 def available_configs() -> list[str]:
-    """Names of the config files shipped in ``configs/``."""
+    """Names of the config files shipped in ``configs/`` (installed as ``tfsd.configs``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
@@ -96,7 +116,11 @@ def _rewrite_config_argv(argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--config="):
+        if arg.startswith("--config.init.from="):
+            # ml_collections parses override paths as Python ("from" is a keyword): the field
+            # is init.source, and --config.init.from is its spelling on the command line.
+            arg = "--config.init.source=" + arg.split("=", 1)[1]
+        elif arg.startswith("--config="):
             arg = "--config=" + resolve_config_path(arg.split("=", 1)[1])
         elif arg == "--config" and i + 1 < len(argv):
             out.append(arg)
@@ -139,7 +163,8 @@ def check_or_write_config(
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
-        a, b = _flatten(saved), _flatten(current)
+        a = {**config_lib.NEW_FIELD_DEFAULTS, **_flatten(saved)}
+        b = _flatten(current)
         diff = [
             f"  {k}: saved {a.get(k, '<missing>')!r} → now {b.get(k, '<missing>')!r}"
             for k in sorted(set(a) | set(b))
@@ -306,6 +331,103 @@ class EMA:
             tmp = v.numpy()  # a host copy: an eager read may alias the buffer assign() reuses
             v.assign(s.numpy())
             s.assign(tmp)
+
+
+# -------------------------------------------------------------------------------------------------
+# Fine-tuning: initial weights from pretrained files or another run.
+# -------------------------------------------------------------------------------------------------
+
+
+def init_skip_layers(config) -> list[str]:
+    """The layer names of ``config.init.skip`` (comma-separated)."""
+    return [n.strip() for n in str(config.init.skip).split(",") if n.strip()]
+
+
+def copy_weights_by_path(source: keras.Model, model: keras.Model, skip=()) -> list[str]:
+    """Copies every weight of ``model`` from the ``source`` weight with the same path.
+
+    Both are tfsd models (a run's, a ``.keras`` file's): weight paths (``layer/variable``) are
+    unique and identical for the same architecture. Layers in ``skip`` keep their values.
+
+    Returns:
+      The names of the layers that received weights.
+
+    Raises:
+      ValueError: a weight missing from ``source`` or of another shape (the message names it).
+    """
+    by_path = {v.path: v for v in source.weights}
+    copied, problems = set(), []
+    for v in model.weights:
+        layer = v.path.split("/", 1)[0]
+        if layer in skip:
+            continue
+        src = by_path.get(v.path)
+        if src is None:
+            problems.append(f"{v.path}: not in the source")
+        elif tuple(src.shape) != tuple(v.shape):
+            problems.append(f"{v.path}: source {tuple(src.shape)}, model {tuple(v.shape)}")
+        else:
+            v.assign(src.numpy())
+            copied.add(layer)
+    if problems:
+        raise ValueError(
+            "init.from does not fit the model (add differing layers, e.g. the head "
+            "'predictions', to --config.init.skip):\n  " + "\n  ".join(problems[:10])
+        )
+    return sorted(copied)
+
+
+def initialize_from(config, model: keras.Model, data_dir: str | None = None) -> list[str]:
+    """Loads ``config.init.from`` into ``model`` (a fresh run's), skipping ``config.init.skip``.
+
+    Dispatch on the path: a directory or a checkpoint prefix (``PREFIX.index`` exists) is a
+    tfsd run (`tfsd.export.restore_run`, EMA weights when kept, copied by weight path);
+    ``.safetensors`` a torchvision/timm ResNet (`tfsd.models.load_torch_resnet_weights`);
+    ``.h5`` / ``.weights.h5`` keras.applications EfficientNet weights
+    (`tfsd.models.load_keras_applications_weights`); ``.keras`` a saved model, a tfsd one
+    copied by weight path, any other (keras.applications) through that importer.
+
+    Returns:
+      The names of the layers that received weights.
+    """
+    path = os.path.expanduser(str(config.init.source))
+    skip = init_skip_layers(config)
+    if tf.io.gfile.isdir(path) or tf.io.gfile.exists(path + ".index"):
+        from tfsd import export  # noqa: PLC0415  (export imports this module)
+
+        run_dir, checkpoint = path, None
+        if not tf.io.gfile.isdir(path):  # RUN/checkpoints/ckpt-N
+            run_dir, checkpoint = os.path.dirname(os.path.dirname(path)), path
+        source, *_ = export.restore_run(run_dir, checkpoint=checkpoint, data_dir=data_dir)
+        return copy_weights_by_path(source, model, skip)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"init.from: {path} does not exist.")
+    if path.endswith(".safetensors"):
+        return models.load_torch_resnet_weights(model, path, skip_layers=skip)
+    if path.endswith(".h5"):
+        return models.load_keras_applications_weights(model, path, skip_layers=skip)
+    if path.endswith(".keras"):
+        source = keras.saving.load_model(path, compile=False)
+        layers = source._flatten_layers(include_self=False)  # noqa: SLF001
+        if any(type(lay).__module__.startswith("tfsd.") for lay in layers):
+            return copy_weights_by_path(source, model, skip)
+        return models.load_keras_applications_weights(model, source, skip_layers=skip)
+    raise ValueError(
+        f"init.from: {path} is not a run directory, a checkpoint prefix, a .h5 / .weights.h5, "
+        ".keras or .safetensors file."
+    )
+
+
+def trainable_while_frozen(config, model: keras.Model) -> list[bool]:
+    """Per trainable variable: whether it trains during ``init.freeze_steps`` (the head)."""
+    head = set(init_skip_layers(config)) or {"predictions"}
+    flags_ = [v.path.split("/", 1)[0] in head for v in model.trainable_variables]
+    if config.init.freeze_steps and not any(flags_):
+        raise ValueError(
+            f"init.freeze_steps: no trainable layer named {sorted(head)} in {model.name}; "
+            "name the head in --config.init.skip."
+        )
+    return flags_
 
 
 # -------------------------------------------------------------------------------------------------
@@ -486,6 +608,11 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
     float_weights = [v for v in model.weights if v.dtype.startswith("float")]
     stats = bn_moving_stats(model) if replicas > 1 else []
     multi_worker = distribute.is_multi_worker(strategy)
+    # Frozen-backbone warm-up (init.freeze_steps): backbone gradients are zeroed, so SGD and
+    # RMSProp leave those weights unchanged (their slots stay zero); BatchNorm statistics still
+    # follow the new data and AdamW's decoupled decay still applies.
+    freeze = int(config.init.freeze_steps)
+    head = trainable_while_frozen(config, model) if freeze else []
 
     def gradients(images, labels):
         with tf.GradientTape() as tape:
@@ -517,6 +644,9 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
         grads, metrics = gradients(images, labels)
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if freeze:
+            frozen = task.step < freeze  # the step about to run is task.step + 1
+            grads = [g if h else tf.where(frozen, tf.zeros_like(g), g) for g, h in zip(grads, head)]
         if clip > 0:
             limit = clip
             if isinstance(opt, keras.optimizers.LossScaleOptimizer):
@@ -846,6 +976,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     start = restore_latest(saver.manager, checkpoint)
     if start is not None:
         logging.info("Resumed from %s at step %d.", saver.manager.latest_checkpoint, start)
+    elif config.init.source:
+        # A fresh run only: a resumed one continues from its own weights.
+        loaded = initialize_from(config, task.model, data_dir)
+        if task.ema is not None:  # the average starts from the loaded weights, not random ones
+            for shadow, source in zip(task.ema.shadows, task.ema.sources):
+                shadow.assign(source.numpy())
+        logging.info("Initialized %d layers from %s.", len(loaded), config.init.source)
     step = int(task.step.numpy())
 
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
@@ -975,6 +1112,8 @@ def run_main() -> None:
         argv = _rewrite_config_argv(sys.argv)
     except ValueError as e:
         sys.exit(f"tfsd.train: {e}")
+    # ml_collections also reads the override flags from sys.argv itself: keep the two equal.
+    sys.argv[:] = argv
     app.run(main, argv=argv)
 
 

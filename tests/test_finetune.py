@@ -1,0 +1,137 @@
+"""Fine-tuning: ``--config.init.from`` (keras.applications weights, another run), skip, freeze."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.helpers import randomize_batchnorm, tiny_config, write_image_folder
+from tfsd import data as data_lib
+from tfsd import export, models, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """keras.applications EfficientNetB0 (random weights, random BN statistics), 3 classes."""
+    root = tmp_path_factory.mktemp("finetune")
+    keras.utils.set_random_seed(0)
+    src = keras.applications.EfficientNetB0(
+        weights=None, input_shape=(SIZE, SIZE, 3), classes=3, classifier_activation=None
+    )
+    images = write_image_folder(root / "images", per_class=24, size=SIZE)
+    # "Pretrained" statistics: BN moving statistics of these images (momentum 0: one batch sets
+    # them), as real ImageNet weights carry statistics of natural images. Fine-tuning from the
+    # initial mean 0 / variance 1 would evaluate on stale statistics (momentum 0.99).
+    c = data_lib.default_config()
+    c.name, c.preprocess = f"folder:{images}", "none"
+    batch = next(iter(data_lib.build_dataset(c, split="train", global_batch_size=48,
+                                             image_size=SIZE)))[0]  # fmt: skip
+    bns = [lay for lay in src.layers if isinstance(lay, keras.layers.BatchNormalization)]
+    for lay in bns:
+        lay.momentum = 0.0
+    src(batch, training=True)
+    for lay in bns:
+        lay.momentum = 0.99
+    path = root / "b0.weights.h5"
+    src.save_weights(str(path))
+    return src, path, images
+
+
+def _config(path, images, **changes):
+    c = train.load_config("finetune_efficientnet_b0")
+    c.model.image_size = SIZE
+    c.data.name = f"folder:{images}"
+    c.data.folder_eval_fraction = 0.25
+    c.data.preprocess = "none"
+    c.init.source = str(path)
+    c.init.skip = ""
+    c.batch_size = 8
+    c.precision = "float32"
+    c.ema_decay = 0.0
+    c.steps_per_loop = 10
+    c.checkpoint_every_steps = 1000
+    c.deterministic = True
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def test_imported_weights_give_the_source_models_outputs(source, tmp_path):
+    src, _, _ = source
+    randomize_batchnorm(src, seed=1)  # statistics far from 0/1: the import must carry them
+    path = tmp_path / "random_bn.weights.h5"
+    src.save_weights(str(path))
+    c = _config(path, "/unused")
+    model = train.build_model(c, num_classes=3)
+    loaded = train.initialize_from(c, model)
+    assert "predictions" in loaded and "stem_conv" in loaded
+    x = tf.random.stateless_uniform([4, SIZE, SIZE, 3], [1, 2], maxval=255.0)
+    np.testing.assert_allclose(
+        model(x, training=False).numpy(), src(x, training=False).numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_finetuning_freezes_the_backbone_first_and_imports_only_on_a_fresh_run(
+    source, tmp_path, monkeypatch
+):
+    src, path, images = source
+    calls = []
+    real = train.initialize_from
+    monkeypatch.setattr(train, "initialize_from", lambda *a, **k: calls.append(1) or real(*a, **k))
+    c = _config(path, images, **{"init.skip": "predictions", "init.freeze_steps": 5})
+    c.lr.base = 0.05
+    c.total_steps = 5
+    train.train_and_evaluate(c, str(tmp_path))
+    # After the frozen warm-up only the new head moved: the backbone is still the source's.
+    model = train.build_model(c, num_classes=3)
+    start = train.build_model(c, num_classes=3)
+    real(c, start)
+    assert len(calls) == 1  # the fresh run imported once
+    tf.train.Checkpoint(model=model).restore(
+        str(tmp_path / "checkpoints" / "ckpt-5")
+    ).expect_partial()
+    for a, b in zip(model.trainable_variables, start.trainable_variables):
+        head = a.path.startswith("predictions/")
+        assert np.array_equal(a.numpy(), b.numpy()) != head, a.path
+    # Resume to 10 steps: the run continues from its checkpoint, no second import, and after
+    # the warm-up the backbone trains too.
+    c.total_steps = 10
+    train.train_and_evaluate(c, str(tmp_path))
+    tf.train.Checkpoint(model=model).restore(
+        str(tmp_path / "checkpoints" / "ckpt-10")
+    ).expect_partial()
+    stem = next(v for v in model.trainable_variables if v.path == "stem_conv/kernel")
+    assert not np.array_equal(stem.numpy(), src.get_layer("stem_conv").kernel.numpy())
+    assert len(calls) == 1  # ... and the resumed run did not import again
+
+
+def test_init_from_another_run_and_clear_errors(tmp_path):
+    first = tiny_config(total_steps=2)
+    train.train_and_evaluate(first, str(tmp_path / "a"))
+    c = tiny_config(total_steps=2)
+    c.init.source = str(tmp_path / "a")
+    model = train.build_model(c, num_classes=10)
+    train.initialize_from(c, model)
+    restored, *_ = export.restore_run(str(tmp_path / "a"))
+    for a, b in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A 5-class model: the head differs and must be skipped.
+    with pytest.raises(ValueError, match="predictions/kernel: source"):
+        train.initialize_from(c, train.build_model(c, num_classes=5))
+    c.init.skip = "predictions"
+    train.initialize_from(c, train.build_model(c, num_classes=5))
+    c.init.source = str(tmp_path / "missing.h5")
+    with pytest.raises(FileNotFoundError, match="missing.h5 does not exist"):
+        train.initialize_from(c, model)
+    (tmp_path / "w.txt").write_text("x")
+    c.init.source = str(tmp_path / "w.txt")
+    with pytest.raises(ValueError, match="is not a run directory"):
+        train.initialize_from(c, model)
+    assert models  # the importers live in tfsd.models

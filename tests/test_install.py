@@ -1,0 +1,85 @@
+"""The installed package (a wheel, not the source tree) trains with ``--config=NAME``."""
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
+    """Builds a wheel, installs it into a fresh virtualenv, runs ``tfsd-train`` elsewhere.
+
+    Caught: ``configs/`` was found relative to the source tree, so an installed ``tfsd-train``
+    could not resolve ``--config=cifar10_resnet110``. No network here, so the new virtualenv
+    sees the dependencies through a ``.pth`` line naming this interpreter's site-packages (a
+    plain path: the ``.pth`` files there, such as an editable tfsd, are not processed).
+    """
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "BUILD")
+    for name in ("tfsd", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), "."],
+        cwd=src, check=True,
+    )  # fmt: skip
+    (wheel,) = dist.glob("tfsd-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    deps = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    Path(purelib, "tfsd_deps.pth").write_text("\n".join(deps) + "\n")
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
+
+    for script in ("tfsd-train", "tfsd-export", "tfsd-tflite", "tfsd-evaluate", "tfsd-predict"):
+        assert (venv / "bin" / script).is_file(), script
+
+    work = tmp_path / "elsewhere"  # neither the checkout nor the virtualenv
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3")
+    where = subprocess.run(
+        [str(python), "-c", "import tfsd, tfsd.train as t; print(tfsd.__file__); "
+         "print(t.CONFIG_DIR)"],
+        cwd=work, env=env, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert Path(where[0]).is_relative_to(purelib), where
+    assert Path(where[1]) == Path(purelib, "tfsd", "configs"), where
+
+    run = subprocess.run(
+        [
+            str(venv / "bin" / "tfsd-train"),
+            "--config=cifar10_resnet110:runlocal",
+            f"--model_dir={work / 'run'}",
+            "--config.model.name=cifar_resnet20",
+            "--config.model.overrides.width=0.25",
+            "--config.model.image_size=16",
+            "--config.data.synthetic_train_size=64",
+            "--config.data.synthetic_eval_size=16",
+            "--config.batch_size=16",
+            "--config.total_steps=3",
+        ],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    final = json.loads(run.stdout.strip().splitlines()[-1])["final_eval"]
+    assert final["step"] == 3 and final["examples"] == 16
+    assert (work / "run" / "checkpoints" / "checkpoint").is_file()
