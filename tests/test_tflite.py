@@ -29,12 +29,16 @@ SIZE = 32
 CALIBRATION = 100
 VERIFY = 200
 DATA = {"name": "synthetic", "synthetic_train_size": 8192, "synthetic_eval_size": 1024}
-# name, builder overrides, training steps (Adam 3e-3, batch 32, seed 0). Measured eval accuracy
-# on 512 images: ResNet 99.6% after 300 steps; EfficientNet-B0 52%, Lite0 31% after 300.
+# name, builder overrides, training steps, recipe (seed 0). "adam": Adam 3e-3, batch 32. "sgd":
+# SGD Nesterov 0.9, batch 64, linear warm-up over 1/8 of the steps to 0.05 then cosine decay (the
+# efficientnet runlocal recipe). Measured eval accuracy on 512 images: ResNet 99.6% after 300 adam
+# steps; EfficientNet-B0 52% after 300. The tiny Lite0 reached only 31% with adam (int8 agreement
+# 0.885: its margins were below one int8 logit step); with "sgd" for 600 steps its float16,
+# dynamic-range and int8 agreement on the 200 held-out images was 100% (54 s of training).
 VARIANTS = {
-    "resnet": ("cifar_resnet20", dict(width=0.25), 120),
-    "effnet": ("efficientnet_b0", dict(width=0.25, depth=0.34), 250),
-    "lite": ("efficientnet_lite0", dict(width=0.25, depth=0.34), 250),
+    "resnet": ("cifar_resnet20", dict(width=0.25), 120, "adam"),
+    "effnet": ("efficientnet_b0", dict(width=0.25, depth=0.34), 250, "adam"),
+    "lite": ("efficientnet_lite0", dict(width=0.25, depth=0.34), 600, "sgd"),
 }
 
 
@@ -47,16 +51,22 @@ def _eval_data() -> tflite.EvalData:
 
 
 def _train_and_export(variant: str, base: Path) -> str:
-    name, overrides, steps = VARIANTS[variant]
+    name, overrides, steps, recipe = VARIANTS[variant]
     keras.utils.set_random_seed(0)
     model = models.create_model(
         name, num_classes=10, input_shape=(SIZE, SIZE, 3), survival_prob=0.8, **overrides
     )
+    if recipe == "sgd":
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, steps, warmup_target=0.05, warmup_steps=steps // 8
+        )
+        optimizer, batch = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True), 64
+    else:
+        optimizer, batch = keras.optimizers.Adam(3e-3), 32
     model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    train = data_lib.build_dataset(DATA, split="train", global_batch_size=32, image_size=SIZE)
+    train = data_lib.build_dataset(DATA, split="train", global_batch_size=batch, image_size=SIZE)
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
     return export.export_saved_model(
         model, str(base), preprocess="none", sample_images=_eval_data().verification[:8]
@@ -139,23 +149,10 @@ def test_float_conversion_matches_saved_model(serving, data, variant):
     )
 
 
-# The tiny EfficientNet-Lite0 does not train to usable margins in 250 steps (31% eval accuracy,
-# median top-1 margin 0.6 against logits up to 35; Adam 1e-3 / 1e-2, SGD 0.1, label smoothing and
-# width 0.5 did not do better): its int8 logits step (~0.3) exceeds most margins. Measured
-# int8 agreement 0.885 on 200 images. Strict: these fail loudly once the Lite trains well.
-_LITE_MARGINS = pytest.mark.xfail(
-    strict=True, reason="tiny Lite0 trains to sub-quantization-step margins (see comment)"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant,quantize",
-    [
-        pytest.param(v, q, marks=[_LITE_MARGINS] if (v, q) == ("lite", "dynamic") else [])
-        for v in VARIANTS
-        for q in ("float16", "dynamic")
-    ],
+    [(v, q) for v in VARIANTS for q in ("float16", "dynamic")],
 )
 def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
     model = serving(variant)
@@ -178,7 +175,7 @@ def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["resnet", pytest.param("lite", marks=_LITE_MARGINS)])
+@pytest.mark.parametrize("variant", ["resnet", "lite"])
 def test_int8_agrees_for_resnet_and_lite(serving, data, variant):
     content, report = tflite.int8_with_fallback(serving(variant), data, latency_runs=5)
     assert report["top1_agreement"] >= 0.98, report["top1_agreement"]
