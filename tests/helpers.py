@@ -46,6 +46,11 @@ def tiny_config(**changes):
     c.steps_per_loop = 2
     c.checkpoint_every_steps = 4
     c.total_steps = 4
+    return apply_changes(c, changes)
+
+
+def apply_changes(c, changes: dict):
+    """Sets dotted config fields (``{"model.sync_bn": "on"}``) in place; returns ``c``."""
     for key, value in changes.items():
         node = c
         *parents, leaf = key.split(".")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import randomize_batchnorm, tiny_config, write_image_folder
+from tests.helpers import apply_changes, randomize_batchnorm, tiny_config, write_image_folder
 from tfsd import data as data_lib
 from tfsd import export, models, train
 
@@ -53,13 +53,7 @@ def _config(path, images, **changes):
     c.steps_per_loop = 10
     c.checkpoint_every_steps = 1000
     c.deterministic = True
-    for key, value in changes.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_changes(c, changes)
 
 
 def test_imported_weights_give_the_source_models_outputs(source, tmp_path):

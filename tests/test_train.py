@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import tiny_config
+from tests.helpers import apply_changes, tiny_config
 from tfsd import config_lib, train
 from tfsd import data as data_lib
 
@@ -188,13 +188,7 @@ def tiny_efficientnet_config(**changes):
     c.batch_size = 8
     c.steps_per_loop = 2
     c.total_steps = 2
-    for key, value in changes.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_changes(c, changes)
 
 
 def test_efficientnet_xla_step_runs_on_the_default_strategy(tmp_path):

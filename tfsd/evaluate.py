@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from tfsd import cli, export
 from tfsd import data as data_lib
-from tfsd import export
 
 # Cells print their counts up to this many classes; beyond, only the colours are readable.
 _ANNOTATE_MAX_CLASSES = 20
@@ -238,13 +238,13 @@ def _define_flags() -> list[str]:
     return [*defined, "model_dir", "data_dir"]
 
 
-_FLAGS: list[str] = []
+_COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    v = {name: flags.FLAGS[name].value for name in _FLAGS}
+    v = _COMMAND.values()
     if not v["model_dir"]:
         raise app.UsageError("--model_dir is required.")
     try:
@@ -266,9 +266,7 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.evaluate`` and the ``tfsd-evaluate`` console script."""
-    if not _FLAGS:
-        _FLAGS.extend(_define_flags())
-    app.run(main)
+    _COMMAND.run(main)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from tfsd import cli, models, train
 from tfsd import data as data_lib
-from tfsd import models, train
 
 SIGNATURES = ("serving_default", "serving_bytes", "serving_examples")
 # Input key of each signature (REST: {"instances": [...]} rows map to the single input).
@@ -730,13 +730,13 @@ def _define_flags() -> list[str]:
     return [*defined, "model_dir", "data_dir"]
 
 
-_FLAGS: list[str] = []
+_COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    v = {name: flags.FLAGS[name].value for name in _FLAGS}
+    v = _COMMAND.values()
     if not v["export_dir"]:
         raise app.UsageError("--export_dir is required.")
     if bool(v["model_dir"]) == bool(v["keras_model"]):
@@ -776,9 +776,7 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.export`` and the ``tfsd-export`` console script."""
-    if not _FLAGS:
-        _FLAGS.extend(_define_flags())
-    app.run(main)
+    _COMMAND.run(main)
 
 
 if __name__ == "__main__":

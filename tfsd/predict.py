@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from tfsd import cli, export
 from tfsd import data as data_lib
-from tfsd import export
 
 TOP_K = 5
 
@@ -150,11 +150,11 @@ def _define_flags() -> list[str]:
     return [*defined, "model_dir", "data_dir"]
 
 
-_FLAGS: list[str] = []
+_COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
-    v = {name: flags.FLAGS[name].value for name in _FLAGS}
+    v = _COMMAND.values()
     paths = argv[1:]
     if bool(v["model_dir"]) == bool(v["export_dir"]):
         raise app.UsageError("Give exactly one of --model_dir and --export_dir.")
@@ -176,9 +176,7 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.predict`` and the ``tfsd-predict`` console script."""
-    if not _FLAGS:
-        _FLAGS.extend(_define_flags())
-    app.run(main)
+    _COMMAND.run(main)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from tfsd import cli
+
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FALLBACKS = ("none", "auto")
 SIGNATURE = "serving_default"
@@ -908,13 +910,13 @@ def _define_flags() -> list[str]:
     return [*defined, "model_dir", "data_dir"]
 
 
-_FLAGS: list[str] = []
+_COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    v = {name: flags.FLAGS[name].value for name in _FLAGS}
+    v = _COMMAND.values()
     for required in ("saved_model", "output"):
         if not v[required]:
             raise app.UsageError(f"--{required} is required.")
@@ -942,11 +944,7 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.tflite`` and the ``tfsd-tflite`` console script."""
-    if not _FLAGS:
-        from tfsd import train  # noqa: F401  (defines --model_dir and --data_dir)
-
-        _FLAGS.extend(_define_flags())
-    app.run(main)
+    _COMMAND.run(main)
 
 
 if __name__ == "__main__":
