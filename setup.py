@@ -50,6 +50,7 @@ setuptools.setup(
             "tfsd-tflite=tfsd.tflite:run_main",
             "tfsd-evaluate=tfsd.evaluate:run_main",
             "tfsd-predict=tfsd.predict:run_main",
+            "tfsd-plot=tfsd.plot:run_main",
         ]
     },
 )

@@ -1,0 +1,184 @@
+"""Pictures of a training run: ``python -m tfsd.plot --model_dir=RUN [--output_dir=DIR]``.
+
+Writes three PNGs (matplotlib, Agg canvas, no display needed) to ``--output_dir`` (default
+``RUN/plots``):
+
+* ``survival_schedule.png``: each stochastic-depth block's survival probability ``p_l``
+  against its index ``l``, read from the run's model (`tfsd.export.restore_run`), so it shows
+  the rule the run really used (Huang et al. 2016, "Deep Networks with Stochastic Depth",
+  arXiv:1603.09382, Eq. 4 for the linear rule), with its mean (the expected depth / block
+  count);
+* ``curves.png``: training and eval loss and top-1 against the step, from the TensorBoard
+  event files ``tfsd.train`` writes to ``RUN/train`` and ``RUN/eval``;
+* ``effective_depth.png``: the mean number of active (not dropped) blocks per step
+  (``active_blocks``) against the step, with the expected value ``sum(p_l)`` and the block count.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from tfsd import export
+from tfsd import layers as sd_layers
+
+
+def read_scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """All scalar summaries of the event files in ``log_dir``: ``{tag: (steps, values)}``.
+
+    Sorted by step; a step logged twice (a resumed run) keeps its last value. TF2's
+    ``tf.summary.scalar`` stores each value as a rank-0 tensor (``value.tensor``); TF1 files
+    use ``simple_value``: both are read.
+    """
+    points: dict[str, dict[int, float]] = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("tensor"):
+                    array = tf.make_ndarray(value.tensor)
+                    if array.ndim:
+                        continue  # not a scalar
+                    number = float(array)
+                elif value.HasField("simple_value"):
+                    number = float(value.simple_value)
+                else:
+                    continue
+                points.setdefault(value.tag, {})[int(event.step)] = number
+    out = {}
+    for tag, by_step in points.items():
+        steps = np.array(sorted(by_step), np.int64)
+        out[tag] = steps, np.array([by_step[s] for s in steps], np.float64)
+    return out
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+    # The object-oriented API with an explicit Agg canvas (as tfsd.evaluate): no pyplot state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_survival_schedule(survival: list[float], title: str):
+    """Figure of ``survival[l]`` against block index ``l = 1..L`` (line 0 holds the values)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    index = np.arange(1, len(survival) + 1)
+    ax.plot(index, survival, "o-", markersize=3, label="survival probability $p_l$")
+    mean = float(np.mean(survival)) if survival else float("nan")
+    ax.axhline(mean, color="gray", linestyle="--", label=f"mean {mean:.3f}")
+    ax.set_xlabel("block l")
+    ax.set_ylabel("$p_l$")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(train: dict, evaluation: dict, title: str):
+    """Figure with loss (left) and top-1 (right), train and eval, against the step."""
+    fig = _figure(10.0, 4.0)
+    for i, tag in enumerate(("loss", "top1")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, scalars, style in (("train", train, "-"), ("eval", evaluation, "o-")):
+            if tag in scalars:
+                steps, values = scalars[tag]
+                ax.plot(steps, values, style, markersize=4, label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(tag)
+        ax.set_title(f"{title}: {tag}")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_effective_depth(train: dict, survival: list[float], title: str):
+    """Figure of ``active_blocks`` against the step (line 0), with ``sum(p_l)`` and ``L``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    if "active_blocks" in train:
+        steps, values = train["active_blocks"]
+        ax.plot(steps, values, "-", label="active blocks (mean per step)")
+    ax.axhline(sum(survival), color="gray", linestyle="--", label=f"expected {sum(survival):.2f}")
+    ax.axhline(len(survival), color="black", linestyle=":", label=f"all {len(survival)} blocks")
+    ax.set_xlabel("step")
+    ax.set_ylabel("blocks")
+    ax.set_ylim(0.0, len(survival) + 1.0)  # from 0: the depth saved is read off the gap to L
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(model_dir: str, output_dir: str | None = None) -> dict[str, tuple[str, object]]:
+    """Writes the run's PNGs; returns ``{name: (png_path, matplotlib Figure)}``.
+
+    Raises:
+      tfsd.export.ExportError: ``model_dir`` is not a run with a checkpoint.
+      FileNotFoundError: the run has no event files in ``RUN/train``.
+    """
+    model, config, _, _ = export.restore_run(model_dir, weights="raw")
+    survival = [float(lay.survival_prob) for lay in sd_layers.stochastic_depth_layers(model)]
+    train = read_scalars(os.path.join(model_dir, "train"))
+    if not train:
+        raise FileNotFoundError(f"{model_dir}/train holds no TensorBoard event files.")
+    evaluation = read_scalars(os.path.join(model_dir, "eval"))
+    name = config.model.name
+    output_dir = output_dir or os.path.join(model_dir, "plots")
+    os.makedirs(output_dir, exist_ok=True)
+    figures = {
+        "survival_schedule": plot_survival_schedule(
+            survival, f"{name}: survival schedule ({len(survival)} blocks)"
+        ),
+        "curves": plot_curves(train, evaluation, name),
+        "effective_depth": plot_effective_depth(train, survival, f"{name}: effective depth"),
+    }
+    out = {}
+    for key, fig in figures.items():
+        path = os.path.join(output_dir, f"{key}.png")
+        fig.savefig(path, dpi=100)
+        out[key] = path, fig
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Command line (flags defined when the CLI runs, as in tfsd.evaluate).
+# -------------------------------------------------------------------------------------------------
+
+_FLAGS: list[str] = []
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    model_dir, output_dir = flags.FLAGS.model_dir, flags.FLAGS.output_dir
+    if not model_dir:
+        raise app.UsageError("--model_dir is required.")
+    try:
+        written = plot_run(model_dir, output_dir)
+    except (export.ExportError, FileNotFoundError) as e:
+        sys.exit(f"tfsd.plot: {e}")
+    for path, _ in written.values():
+        print(path)
+
+
+def run_main() -> None:
+    """Entry point of ``python -m tfsd.plot`` and the ``tfsd-plot`` console script."""
+    if not _FLAGS:
+        if "model_dir" not in flags.FLAGS:
+            flags.DEFINE_string("model_dir", None, "The run directory.")
+        flags.DEFINE_string("output_dir", None, "Default: RUN/plots.")
+        _FLAGS.append("output_dir")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
