@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tfsd import export
+from tfsd import cli, export
 from tfsd import layers as sd_layers
 
 
@@ -150,16 +150,23 @@ def plot_run(model_dir: str, output_dir: str | None = None) -> dict[str, tuple[s
 
 
 # -------------------------------------------------------------------------------------------------
-# Command line (flags defined when the CLI runs, as in tfsd.evaluate).
+# Command line (flags defined when the CLI runs: tfsd.cli).
 # -------------------------------------------------------------------------------------------------
 
-_FLAGS: list[str] = []
+
+def _define_flags() -> list[str]:
+    flags.DEFINE_string("output_dir", None, "Default: RUN/plots.")
+    return ["output_dir", "model_dir"]
+
+
+_COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    model_dir, output_dir = flags.FLAGS.model_dir, flags.FLAGS.output_dir
+    v = _COMMAND.values()
+    model_dir, output_dir = v["model_dir"], v["output_dir"]
     if not model_dir:
         raise app.UsageError("--model_dir is required.")
     try:
@@ -172,12 +179,7 @@ def main(argv: list[str]) -> None:
 
 def run_main() -> None:
     """Entry point of ``python -m tfsd.plot`` and the ``tfsd-plot`` console script."""
-    if not _FLAGS:
-        if "model_dir" not in flags.FLAGS:
-            flags.DEFINE_string("model_dir", None, "The run directory.")
-        flags.DEFINE_string("output_dir", None, "Default: RUN/plots.")
-        _FLAGS.append("output_dir")
-    app.run(main)
+    _COMMAND.run(main)
 
 
 if __name__ == "__main__":
