@@ -12,12 +12,17 @@ from typing import Any
 
 from absl import app, flags
 
+# tfsd.train's flags that every other command reads too.
+SHARED_FLAGS = ("model_dir", "data_dir")
+
 
 class Command:
-    """A command's flags, defined on first run; ``define`` returns the names it reads."""
+    """A command's flags, defined on first run; ``define`` returns the names of the flags it
+    defines (``SHARED_FLAGS`` are added). Positional arguments are refused unless
+    ``positional`` (``tfsd.predict`` takes image paths)."""
 
-    def __init__(self, define: Callable[[], list[str]]):
-        self._define = define
+    def __init__(self, define: Callable[[], list[str]], positional: bool = False):
+        self._define, self._positional = define, positional
         self.names: list[str] = []
 
     def values(self) -> dict[str, Any]:
@@ -29,5 +34,11 @@ class Command:
         if not self.names:
             from tfsd import train  # noqa: F401  (defines --model_dir and --data_dir)
 
-            self.names.extend(self._define())
-        app.run(main)
+            self.names.extend([*self._define(), *SHARED_FLAGS])
+
+        def checked(argv: list[str]) -> None:
+            if len(argv) > 1 and not self._positional:
+                raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+            main(argv)
+
+        app.run(checked)

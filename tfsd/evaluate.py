@@ -235,15 +235,13 @@ def _define_flags() -> list[str]:
         batch_size=f.DEFINE_integer("batch_size", 64, "Eval batch size."),
         output_dir=f.DEFINE_string("output_dir", None, "Default: RUN/evaluation/<ckpt>-<w>."),
     )
-    return [*defined, "model_dir", "data_dir"]
+    return list(defined)
 
 
 _COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     v = _COMMAND.values()
     if not v["model_dir"]:
         raise app.UsageError("--model_dir is required.")

@@ -727,15 +727,13 @@ def _define_flags() -> list[str]:
             "class_names", None, "--keras_model only: a text file with one class name per line."
         ),
     )
-    return [*defined, "model_dir", "data_dir"]
+    return list(defined)
 
 
 _COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     v = _COMMAND.values()
     if not v["export_dir"]:
         raise app.UsageError("--export_dir is required.")

@@ -156,15 +156,13 @@ def plot_run(model_dir: str, output_dir: str | None = None) -> dict[str, tuple[s
 
 def _define_flags() -> list[str]:
     flags.DEFINE_string("output_dir", None, "Default: RUN/plots.")
-    return ["output_dir", "model_dir"]
+    return ["output_dir"]
 
 
 _COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     v = _COMMAND.values()
     model_dir, output_dir = v["model_dir"], v["output_dir"]
     if not model_dir:

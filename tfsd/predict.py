@@ -147,10 +147,10 @@ def _define_flags() -> list[str]:
         weights=f.DEFINE_enum("weights", None, ["ema", "raw"], "Default: EMA if the run has it."),
         top_k=f.DEFINE_integer("top_k", TOP_K, "Classes shown per image."),
     )
-    return [*defined, "model_dir", "data_dir"]
+    return list(defined)
 
 
-_COMMAND = cli.Command(_define_flags)
+_COMMAND = cli.Command(_define_flags, positional=True)
 
 
 def main(argv: list[str]) -> None:

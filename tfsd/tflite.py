@@ -907,15 +907,13 @@ def _define_flags() -> list[str]:
         overwrite=f.DEFINE_bool("overwrite", False, "Replace an existing --output."),
         verify=f.DEFINE_bool("verify", False, "Verify the existing --output; convert nothing."),
     )
-    return [*defined, "model_dir", "data_dir"]
+    return list(defined)
 
 
 _COMMAND = cli.Command(_define_flags)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     v = _COMMAND.values()
     for required in ("saved_model", "output"):
         if not v[required]:
