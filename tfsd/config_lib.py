@@ -13,6 +13,10 @@ written once. Sources (see ``../shared/REFERENCES.md``):
 * ImageNet ResNets: fb.resnet.torch, the recipe of the paper's ImageNet experiment (SGD momentum
   0.9, lr 0.1 × batch / 256 divided by 10 every 30 of 90 epochs, weight decay 1e-4).
 
+No number is repeated from elsewhere: a recipe names its model and takes the model's input size
+from the registry (`set_model`, ``ModelInfo.input_size``) and dataset statistics from
+`tfsd.models.common`.
+
 Every recipe accepts the argument ``runlocal``: the same model family shrunk in width and
 resolution, on the offline ``synthetic`` dataset, sized to train in a few minutes on 2 CPU cores.
 """
@@ -22,7 +26,8 @@ from __future__ import annotations
 import ml_collections
 
 from tfsd import data as data_lib
-from tfsd import distribute
+from tfsd import distribute, models
+from tfsd.models import common
 
 # Fields added after runs were written: a config.json without them holds these values.
 NEW_FIELD_DEFAULTS = {"init.source": "", "init.skip": "", "init.freeze_steps": 0}
@@ -165,6 +170,16 @@ def _check_arg(arg: str | None) -> bool:
     raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
 
 
+def set_model(c: ml_collections.ConfigDict, model_name: str) -> None:
+    """Sets ``c.model.name`` and its native input size from the model registry.
+
+    The size is the registry's ``ModelInfo.input_size`` (timm's ``default_cfg``), the one place
+    it is written: EfficientNet-B3's 300 px lives in its row of ``tfsd.models.efficientnet``.
+    """
+    c.model.name = model_name
+    c.model.image_size = models.get_model_info(model_name).input_size[0]
+
+
 def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
     """Shrinks ``c`` in place to train on the offline synthetic dataset on 2 CPU cores."""
     c.data.name = "synthetic"
@@ -189,20 +204,11 @@ def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
 # Recipes.
 # -------------------------------------------------------------------------------------------------
 
-EFFICIENTNET_RESOLUTION = {
-    "efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260,
-    "efficientnet_b3": 300, "efficientnet_b4": 380, "efficientnet_b5": 456,
-    "efficientnet_b6": 528, "efficientnet_b7": 600, "efficientnet_lite0": 224,
-    "efficientnet_lite1": 240, "efficientnet_lite2": 260, "efficientnet_lite3": 280,
-    "efficientnet_lite4": 300,
-}  # fmt: skip
-
 
 def efficientnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The EfficientNet TPU recipe on ImageNet for ``model_name``."""
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
+    set_model(c, model_name)
     c.model.survival_prob = 0.8  # drop-connect rate 0.2, per sample, EfficientNet schedule
     c.model.sd_mode = "sample"
     c.model.sd_scale_at = "train"
@@ -244,14 +250,13 @@ def efficientnet(model_name: str, arg: str | None = None) -> ml_collections.Conf
 def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
     """The stochastic-depth paper's CIFAR recipe for ``model_name`` on ``dataset``."""
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = 32
+    set_model(c, model_name)  # 32 px
     c.model.survival_prob = 0.5
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
     if dataset == "cifar100":
-        c.model.overrides.mean = (0.5071, 0.4865, 0.4409)
-        c.model.overrides.std = (0.2673, 0.2564, 0.2762)
+        c.model.overrides.mean = common.CIFAR100_MEAN
+        c.model.overrides.std = common.CIFAR100_STD
     c.data.name = dataset
     c.batch_size = 128
     c.num_epochs = 500.0
@@ -280,8 +285,8 @@ def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
 def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The paper's SVHN recipe: 50 epochs on train+extra, lr ÷10 at epochs 30 and 35."""
     c = cifar_resnet("svhn_cropped", model_name)
-    c.model.overrides.mean = (0.4377, 0.4438, 0.4728)
-    c.model.overrides.std = (0.1980, 0.2010, 0.1970)
+    c.model.overrides.mean = common.SVHN_MEAN
+    c.model.overrides.std = common.SVHN_STD
     c.data.train_split = "train+extra"
     c.num_epochs = 50.0
     c.lr.step_boundaries = (0.6, 0.7)
@@ -294,8 +299,7 @@ def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.Confi
 def imagenet_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """fb.resnet.torch's ImageNet recipe (the paper's ImageNet experiment) for ``model_name``."""
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = 224
+    set_model(c, model_name)  # 224 px
     c.model.survival_prob = 0.8
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
@@ -333,8 +337,7 @@ def finetune_efficientnet(model_name: str, arg: str | None = None) -> ml_collect
     ``runlocal``: the same model family shrunk, from random weights, on the synthetic data.
     """
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
+    set_model(c, model_name)
     c.model.survival_prob = 0.8
     c.model.sd_mode = "sample"
     c.model.sd_scale_at = "train"
