@@ -9,9 +9,11 @@ One concept per module, each importing only the ones above it in this list:
 
 * `tfsd.data.seeds`: stateless seed folding (every random draw is keyed on a position).
 * `tfsd.data.config`: the data config (``default_config``), its validation, `DatasetInfo`.
-* `tfsd.data.synthetic`, `tfsd.data.folder`, `tfsd.data.tfds`: the three sources, each
-  resolving a config against its data (``resolve``).
-* `tfsd.data.sources`: the source registry (name → source; add a source there) and
+* `tfsd.data.positions`: the stateless index streams of the sources that shuffle indices.
+* `tfsd.data.synthetic`, `tfsd.data.folder`, `tfsd.data.tfds`: the three sources, each a module
+  with ``resolve`` (config against data), ``elements`` (the shuffled, sharded cheap stream) and
+  ``load`` (the per-example read).
+* `tfsd.data.sources`: the source registry (name → source module; add a source there) and
   `get_dataset_info`.
 * `tfsd.data.transforms`: decode / resize / crop ops (Inception, center, CIFAR crops) and the
   one decode path shared by training, eval and the exported signatures.

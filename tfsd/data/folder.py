@@ -13,9 +13,11 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
+from tfsd.data import positions
 from tfsd.data.config import DatasetInfo, Plan, auto, check_index_source
 
 PREFIX = "folder:"
+ENCODED = True  # `load` yields the file's bytes.
 # What tf.io.decode_image reads (GIF: first frame). Anything else in a class folder is skipped.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -105,3 +107,18 @@ def resolve(c: ml_collections.ConfigDict, data_dir: str | None) -> Plan:
         class_names=classes,
     )
     return Plan("folder", info, auto(c.preprocess, "inception"), True, None, files)
+
+
+def elements(plan: Plan, c: ml_collections.ConfigDict, *, split: str, **kwargs) -> tf.data.Dataset:
+    """``(position, path, label)``: the index stream (`positions.index_elements`) of the files."""
+    paths, labels = (tf.constant(v) for v in plan.files[split])
+    ds = positions.index_elements(plan, c, split=split, **kwargs)
+    return ds.map(lambda pos, i: (pos, tf.gather(paths, i), tf.gather(labels, i)))
+
+
+def load(
+    plan: Plan, split: str, image_size: int, path: tf.Tensor, label: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(image_bytes, label)`` of one file (read after the shuffle)."""
+    del plan, split, image_size
+    return tf.io.read_file(path), label

@@ -21,46 +21,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfsd.data import sources, tfds
+from tfsd.data import sources
 from tfsd.data.augment import make_mixup_cutmix, make_randaugment
 from tfsd.data.config import merged_config
-from tfsd.data.seeds import AUGMENT_TAG, MIX_TAG, SHUFFLE_TAG, fold, root_seed
-from tfsd.data.synthetic import synthetic_example
+from tfsd.data.seeds import AUGMENT_TAG, MIX_TAG, fold, root_seed
 from tfsd.data.transforms import preprocess_decoded, preprocess_encoded
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def _train_positions(
-    num_examples: int, seed: tf.Tensor, num_pipelines: int, pipeline_id: int, start: int = 0
-):
-    """Endless ``(position, index)`` stream: a fresh stateless permutation every epoch.
-
-    Position p of the global stream (all hosts together) is example
-    ``index_shuffle(p % n, seed_of_epoch(p // n))``; this host takes every ``num_pipelines``-th
-    position from global position ``start`` on, so hosts are disjoint within an epoch and the
-    stream at any step is computed directly (no state to save or replay).
-    """
-    shuffle_seed = fold(seed, SHUFFLE_TAG)
-    n = tf.constant(num_examples, tf.int64)
-
-    def to_index(position):
-        epoch_seed = fold(shuffle_seed, position // n)
-        return position, tf.random.experimental.index_shuffle(position % n, epoch_seed, n - 1)
-
-    positions = tf.data.Dataset.counter(
-        start=start + pipeline_id, step=num_pipelines, dtype=tf.int64
-    )
-    return positions.map(to_index, num_parallel_calls=AUTOTUNE)
-
-
-def _eval_positions(num_examples: int, num_pipelines: int, pipeline_id: int):
-    """``(position, index)`` in order; host i takes indices i, i + k, ... (k = pipelines).
-
-    Shard sizes differ by at most one example.
-    """
-    indices = tf.data.Dataset.range(pipeline_id, num_examples, num_pipelines)
-    return indices.map(lambda i: (i, i))
 
 
 def make_eval_image_fn(
@@ -171,38 +138,25 @@ def build_dataset(
         mixer = make_mixup_cutmix(c.mixup_alpha, c.cutmix_alpha)
 
     # 1. Cheap elements, shuffled and sharded: indices, file paths or encoded bytes.
-    num_examples = plan.info.num_train_examples if train else plan.info.num_eval_examples
-    if plan.kind == "tfds":
-        ds = tfds.examples(
-            plan,
-            c,
-            train=train,
-            seed=seed,
-            num_pipelines=num_pipelines,
-            pipeline_id=pipeline_id,
-            input_context=input_context,
-            skip=start // num_pipelines,
-        )
-    elif train:
-        ds = _train_positions(num_examples, root, num_pipelines, pipeline_id, start)
-    else:
-        ds = _eval_positions(num_examples, num_pipelines, pipeline_id)
-    if plan.kind == "folder":
-        paths, labels = (tf.constant(v) for v in plan.files[split])
-        ds = ds.map(lambda pos, i: (pos, tf.gather(paths, i), tf.gather(labels, i)))
+    source = sources.module_of(plan)
+    ds = source.elements(
+        plan,
+        c,
+        split=split,
+        train=train,
+        seed=seed,
+        start=start,
+        num_pipelines=num_pipelines,
+        pipeline_id=pipeline_id,
+        input_context=input_context,
+    )
+    preprocess = preprocess_encoded if source.ENCODED else preprocess_decoded
 
     # 2. The expensive per-example work: read/decode or generate, then augment.
     def example(position, *payload):
         example_seed = fold(augment_seed, position)
-        if plan.kind == "synthetic":
-            image, label = synthetic_example(
-                split, payload[0], image_size=image_size, num_classes=num_classes
-            )
-            image = preprocess_decoded(image, plan, train, example_seed, image_size)
-        else:
-            data, label = payload
-            image_bytes = tf.io.read_file(data) if plan.kind == "folder" else data
-            image = preprocess_encoded(image_bytes, plan, train, example_seed, image_size)
+        image, label = source.load(plan, split, image_size, *payload)
+        image = preprocess(image, plan, train, example_seed, image_size)
         if randaugment is not None:
             image = randaugment(image, fold(example_seed, 2))
         image = tf.ensure_shape(tf.cast(image, tf.float32), [image_size, image_size, 3])

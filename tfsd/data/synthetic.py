@@ -10,10 +10,12 @@ import math
 import ml_collections
 import tensorflow as tf
 
+from tfsd.data import positions
 from tfsd.data.config import DatasetInfo, Plan, auto, check_index_source
 from tfsd.data.seeds import fold, root_seed
 
 NAME = "synthetic"
+ENCODED = False  # `load` yields decoded images.
 
 # Fixed seed of the synthetic dataset's *content* (prototypes and nuisances); the `seed` argument
 # of build_dataset only drives shuffling and augmentation. The digits are the paper's arXiv id.
@@ -101,3 +103,12 @@ def synthetic_example(
     noise = tf.random.stateless_normal([image_size, image_size, 3], fold(example_seed, 2))
     image = tf.clip_by_value(image + 8.0 * noise, 0.0, 255.0)
     return image, label
+
+
+# Index stream: shuffled indices, each generated after the shuffle.
+elements = positions.index_elements
+
+
+def load(plan: Plan, split: str, image_size: int, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(image, label)`` of example ``index`` of ``split`` (`synthetic_example`)."""
+    return synthetic_example(split, index, image_size=image_size, num_classes=plan.info.num_classes)

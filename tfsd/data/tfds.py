@@ -17,6 +17,8 @@ import tensorflow_datasets as tfds
 from tfsd.data.config import DatasetInfo, DatasetNotPreparedError, Plan, auto
 from tfsd.data.seeds import SHUFFLE_TAG, fold, root_seed
 
+ENCODED = True  # `load` yields the stored image bytes.
+
 
 class Spec(NamedTuple):
     """How tfsd uses one TFDS dataset."""
@@ -178,3 +180,37 @@ def examples(
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+
+
+def elements(
+    plan: Plan,
+    c: ml_collections.ConfigDict,
+    *,
+    split: str,
+    train: bool,
+    seed: int,
+    start: int,
+    num_pipelines: int,
+    pipeline_id: int,
+    input_context: tf.distribute.InputContext | None,
+) -> tf.data.Dataset:
+    """``(position, image_bytes, label)`` of this pipeline from global position ``start`` on."""
+    del split  # plan.info holds the TFDS split expressions.
+    return examples(
+        plan,
+        c,
+        train=train,
+        seed=seed,
+        num_pipelines=num_pipelines,
+        pipeline_id=pipeline_id,
+        input_context=input_context,
+        skip=start // num_pipelines,
+    )
+
+
+def load(
+    plan: Plan, split: str, image_size: int, image_bytes: tf.Tensor, label: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(image_bytes, label)``: TFDS examples arrive already read."""
+    del plan, split, image_size
+    return image_bytes, label
