@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import apply_changes, tiny_config
-from tfsd import config_lib, train
+from tfsd import config_lib, models, train
 from tfsd import data as data_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_every_config_resolves_and_validates():
             assert c.model.name
         assert train.load_config(f"{name}:runlocal").data.name == "synthetic"
     path = train.resolve_config_path("efficientnet_b0:runlocal")
-    assert path.endswith("configs/efficientnet_b0.py:runlocal")
+    assert path.endswith("configs/efficientnet.py:b0,runlocal")  # the family file (see below)
 
 
 def test_unknown_config_names_close_matches():
@@ -69,6 +69,63 @@ def test_unknown_config_names_close_matches():
         train.resolve_config_path("cifar10_resnet11")
     with pytest.raises(ValueError, match="runlocal"):
         train.load_config("efficientnet_b0:fast")
+
+
+# Native resolution of every EfficientNet variant: B0-B7 from Tan & Le 2019 (Table 1 scaling),
+# Lite0-4 from the TF EfficientNet-Lite reference (efficientnet_lite_builder.py). Written out here,
+# independently of the model registry the configs read them from.
+EFFICIENTNET_RESOLUTIONS = {
+    "b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600,
+    "lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300,
+}  # fmt: skip
+
+
+def test_available_configs_are_the_files_and_the_efficientnet_family_variants():
+    """Exactly these names: a family file lists its variants, other files their own name.
+
+    Caught while writing it: absl's config loader reuses one module object for every file, so
+    ``VARIANTS`` of configs/efficientnet.py leaked into the files loaded after it and
+    ``resnet50_b0`` … appeared as configs.
+    """
+    files = {"cifar10_resnet110", "cifar100_resnet110", "svhn_resnet152", "resnet50",
+             "resnet101", "resnet152", "finetune_efficientnet_b0"}  # fmt: skip
+    family = {f"efficientnet_{v}" for v in EFFICIENTNET_RESOLUTIONS}
+    assert set(train.available_configs()) == files | family
+
+
+@pytest.mark.parametrize(
+    "model_name", [n for n in models.list_models() if n.startswith("efficientnet_")]
+)
+def test_every_efficientnet_variant_resolves_by_name(model_name):
+    """Every registry variant is a config by its name, through the one family file."""
+    variant = model_name.removeprefix("efficientnet_")
+    c = train.load_config(model_name)
+    assert c.model.name == model_name
+    assert c.model.image_size == EFFICIENTNET_RESOLUTIONS[variant]
+    assert c.model.image_size == models.get_model_info(model_name).input_size[0]
+    assert (c.model.survival_prob, c.model.sd_mode, c.model.sd_scale_at) == (0.8, "sample", "train")
+    assert c.data.name == "imagenet2012" and c.optimizer.name == "rmsprop"
+    # The family file's own spelling gives the same config.
+    assert train.load_config(f"efficientnet:{variant}").to_dict() == c.to_dict()
+    local = train.load_config(f"{model_name}:runlocal")
+    assert local.to_dict() == train.load_config(f"efficientnet:{variant},runlocal").to_dict()
+    assert (local.model.name, local.model.image_size, local.data.name) == (
+        model_name, 32, "synthetic"
+    )  # fmt: skip
+    assert train.resolve_config_path(f"{model_name}:runlocal").endswith(
+        f"configs/efficientnet.py:{variant},runlocal"
+    )
+
+
+def test_bad_efficientnet_variant_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"no variant 'b9'.*efficientnet_b0.*efficientnet_lite4"):
+        train.resolve_config_path("efficientnet_b9:runlocal")
+    with pytest.raises(ValueError, match=r"variant 'b9'.*Did you mean.*b0, b1.*lite4"):
+        train.load_config("efficientnet:b9")
+    with pytest.raises(ValueError, match=r"variant ''.*b0.*lite4"):
+        train.load_config("efficientnet")  # the family needs its variant
+    with pytest.raises(ValueError, match=r"'fast'.*runlocal"):
+        train.load_config("efficientnet:lite2,fast")
 
 
 def test_published_recipes():

@@ -1,17 +1,19 @@
 """Training configurations: the schema, the published recipes and their ``runlocal`` modes.
 
-Config files in ``configs/`` are one-liners over the recipes here, so each hyperparameter is
-written once. Sources (see ``../shared/REFERENCES.md``):
+The recipes here are shared by several config files in ``configs/`` (one-liners over them), so
+each hyperparameter is written once. A recipe with a single config file lives in that file:
+the EfficientNet TPU recipe is in ``configs/efficientnet.py``, the family file of every
+EfficientNet variant. Sources (see ``../shared/REFERENCES.md``):
 
-* EfficientNet: Tan & Le 2019 and the TF TPU reference (RMSProp decay 0.9 / momentum 0.9 /
-  eps 1e-3, lr 0.016 × batch / 256 with 5 warm-up epochs and ×0.97 every 2.4 epochs, weight
-  decay 1e-5, label smoothing 0.1, EMA 0.9999, 350 epochs, RandAugment, bfloat16, drop-connect
-  0.2 → survival 0.8 per sample).
 * CIFAR / SVHN ResNets: Huang et al. 2016 (SGD with Nesterov momentum 0.9, lr 0.1 divided by 10
   at 50% and 75% of 500 epochs, batch 128, weight decay 1e-4, linear decay to p_L = 0.5, whole
   batch gates).
 * ImageNet ResNets: fb.resnet.torch, the recipe of the paper's ImageNet experiment (SGD momentum
   0.9, lr 0.1 × batch / 256 divided by 10 every 30 of 90 epochs, weight decay 1e-4).
+
+No number is repeated from elsewhere: a recipe names its model and takes the model's input size
+from the registry (`set_model`, ``ModelInfo.input_size``) and dataset statistics from
+`tfsd.models.common`.
 
 Every recipe accepts the argument ``runlocal``: the same model family shrunk in width and
 resolution, on the offline ``synthetic`` dataset, sized to train in a few minutes on 2 CPU cores.
@@ -22,7 +24,8 @@ from __future__ import annotations
 import ml_collections
 
 from tfsd import data as data_lib
-from tfsd import distribute
+from tfsd import distribute, models
+from tfsd.models import common
 
 # Fields added after runs were written: a config.json without them holds these values.
 NEW_FIELD_DEFAULTS = {"init.source": "", "init.skip": "", "init.freeze_steps": 0}
@@ -165,7 +168,17 @@ def _check_arg(arg: str | None) -> bool:
     raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
 
 
-def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
+def set_model(c: ml_collections.ConfigDict, model_name: str) -> None:
+    """Sets ``c.model.name`` and its native input size from the model registry.
+
+    The size is the registry's ``ModelInfo.input_size`` (timm's ``default_cfg``), the one place
+    it is written: EfficientNet-B3's 300 px lives in its row of ``tfsd.models.efficientnet``.
+    """
+    c.model.name = model_name
+    c.model.image_size = models.get_model_info(model_name).input_size[0]
+
+
+def runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
     """Shrinks ``c`` in place to train on the offline synthetic dataset on 2 CPU cores."""
     c.data.name = "synthetic"
     c.data.num_classes = 10
@@ -189,69 +202,17 @@ def _runlocal(c: ml_collections.ConfigDict, **model_overrides) -> None:
 # Recipes.
 # -------------------------------------------------------------------------------------------------
 
-EFFICIENTNET_RESOLUTION = {
-    "efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260,
-    "efficientnet_b3": 300, "efficientnet_b4": 380, "efficientnet_b5": 456,
-    "efficientnet_b6": 528, "efficientnet_b7": 600, "efficientnet_lite0": 224,
-    "efficientnet_lite1": 240, "efficientnet_lite2": 260, "efficientnet_lite3": 280,
-    "efficientnet_lite4": 300,
-}  # fmt: skip
-
-
-def efficientnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """The EfficientNet TPU recipe on ImageNet for ``model_name``."""
-    c = base_config()
-    c.model.name = model_name
-    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
-    c.model.survival_prob = 0.8  # drop-connect rate 0.2, per sample, EfficientNet schedule
-    c.model.sd_mode = "sample"
-    c.model.sd_scale_at = "train"
-    c.data.name = "imagenet2012"
-    c.data.randaugment_num_ops = 2
-    c.data.randaugment_magnitude = 9
-    c.batch_size = 4096
-    c.num_epochs = 350.0
-    c.optimizer.name = "rmsprop"
-    c.optimizer.rho = 0.9
-    c.optimizer.momentum = 0.9
-    c.optimizer.epsilon = 1e-3
-    c.optimizer.weight_decay = 1e-5
-    c.lr.base = 0.016
-    c.lr.scale_by_batch = True
-    c.lr.warmup_epochs = 5.0
-    c.lr.schedule = "exponential"
-    c.lr.decay_rate = 0.97
-    c.lr.decay_epochs = 2.4
-    c.label_smoothing = 0.1
-    c.ema_decay = 0.9999
-    c.precision = "bfloat16"
-    c.steps_per_loop = 500
-    c.checkpoint_every_steps = 5000
-    if _check_arg(arg):
-        _runlocal(c, width=0.25, depth=0.25)
-        c.optimizer.name = "sgd"  # RMSProp with warm-up is tuned for 350 epochs, not 3 minutes
-        c.optimizer.nesterov = True
-        c.lr.base = 0.05
-        c.lr.warmup_epochs = 0.5
-        c.lr.schedule = "cosine"
-        c.label_smoothing = 0.0
-        c.data.synthetic_train_size = 8192
-        c.data.synthetic_eval_size = 1024
-        c.num_epochs = 4.0
-    return c
-
 
 def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
     """The stochastic-depth paper's CIFAR recipe for ``model_name`` on ``dataset``."""
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = 32
+    set_model(c, model_name)  # 32 px
     c.model.survival_prob = 0.5
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
     if dataset == "cifar100":
-        c.model.overrides.mean = (0.5071, 0.4865, 0.4409)
-        c.model.overrides.std = (0.2673, 0.2564, 0.2762)
+        c.model.overrides.mean = common.CIFAR100_MEAN
+        c.model.overrides.std = common.CIFAR100_STD
     c.data.name = dataset
     c.batch_size = 128
     c.num_epochs = 500.0
@@ -267,7 +228,7 @@ def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
     if _check_arg(arg):
         # ResNet-20 (n = 3) of the same family: ResNet-110 needs the paper's 0.01 warm-up and
         # hundreds of epochs; ResNet-20 reaches ~99% on synthetic data in ~3 minutes on 2 cores.
-        _runlocal(c, width=1.0)
+        runlocal(c, width=1.0)
         c.model.name = "cifar_resnet20"
         c.data.synthetic_train_size = 8192
         c.data.synthetic_eval_size = 1024
@@ -280,8 +241,8 @@ def cifar_resnet(dataset: str, model_name: str, arg: str | None = None):
 def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """The paper's SVHN recipe: 50 epochs on train+extra, lr ÷10 at epochs 30 and 35."""
     c = cifar_resnet("svhn_cropped", model_name)
-    c.model.overrides.mean = (0.4377, 0.4438, 0.4728)
-    c.model.overrides.std = (0.1980, 0.2010, 0.1970)
+    c.model.overrides.mean = common.SVHN_MEAN
+    c.model.overrides.std = common.SVHN_STD
     c.data.train_split = "train+extra"
     c.num_epochs = 50.0
     c.lr.step_boundaries = (0.6, 0.7)
@@ -294,8 +255,7 @@ def svhn_resnet(model_name: str, arg: str | None = None) -> ml_collections.Confi
 def imagenet_resnet(model_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """fb.resnet.torch's ImageNet recipe (the paper's ImageNet experiment) for ``model_name``."""
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = 224
+    set_model(c, model_name)  # 224 px
     c.model.survival_prob = 0.8
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
@@ -313,7 +273,7 @@ def imagenet_resnet(model_name: str, arg: str | None = None) -> ml_collections.C
     c.steps_per_loop = 500
     c.checkpoint_every_steps = 5000
     if _check_arg(arg):
-        _runlocal(c, width=0.125)
+        runlocal(c, width=0.125)
         c.data.synthetic_train_size = 8192
         c.data.synthetic_eval_size = 1024
         c.num_epochs = 3.0
@@ -333,8 +293,7 @@ def finetune_efficientnet(model_name: str, arg: str | None = None) -> ml_collect
     ``runlocal``: the same model family shrunk, from random weights, on the synthetic data.
     """
     c = base_config()
-    c.model.name = model_name
-    c.model.image_size = EFFICIENTNET_RESOLUTION[model_name]
+    set_model(c, model_name)
     c.model.survival_prob = 0.8
     c.model.sd_mode = "sample"
     c.model.sd_scale_at = "train"
@@ -356,7 +315,7 @@ def finetune_efficientnet(model_name: str, arg: str | None = None) -> ml_collect
     c.init.skip = "predictions"
     c.init.freeze_steps = 200
     if _check_arg(arg):
-        _runlocal(c, width=0.25, depth=0.25)
+        runlocal(c, width=0.25, depth=0.25)
         c.init.source = ""  # nothing can be downloaded here: random init
         c.init.freeze_steps = 0
         c.data.synthetic_train_size = 1024

@@ -73,7 +73,10 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config: configs/NAME.py by NAME, or a path; ':runlocal' selects the mode."
+    "config",
+    None,
+    "Config: configs/NAME.py by NAME (or a family variant, efficientnet_b3 → "
+    "configs/efficientnet.py:b3), or a path; ':runlocal' selects the mode.",
 )
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Checkpoints, logs and the resolved config.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (local or gs://).")
@@ -83,19 +86,70 @@ class CheckpointError(RuntimeError):
     """A checkpoint or run directory that cannot be resumed; nothing was deleted."""
 
 
+def _config_module(path: Path) -> Any:
+    """Executes the config file at ``path`` as a fresh module, registered nowhere.
+
+    Not absl's loader (``config_flags._LoadConfigModule``): it reuses one module object named
+    "config" for every file (``SourceFileLoader.load_module``), so a module attribute such as
+    ``VARIANTS`` of one file would still be there after loading the next.
+    """
+    spec = importlib.util.spec_from_file_location(f"tfsd_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Cannot load config file {path}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def family_variants(family: str) -> tuple[str, ...]:
+    """The ``VARIANTS`` of the family config ``configs/FAMILY.py``; () if it is not a family.
+
+    A family file (``configs/efficientnet.py``) serves every name ``FAMILY_VARIANT``
+    (``efficientnet_b3``) through its argument (``efficientnet:b3``): see `resolve_config_path`.
+    """
+    path = CONFIG_DIR / f"{family}.py"
+    if not family or "/" in family or not path.is_file():
+        return ()
+    return tuple(getattr(_config_module(path), "VARIANTS", ()))
+
+
 def available_configs() -> list[str]:
-    """Names of the config files shipped in ``configs/`` (installed as ``tfsd.configs``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+    """Every ``--config=NAME`` that resolves: config files, and ``FAMILY_VARIANT`` of families.
+
+    A family file's own name is not listed: it needs its variant as the argument.
+    """
+    names = []
+    for path in CONFIG_DIR.glob("*.py"):
+        if path.stem.startswith("_"):
+            continue
+        variants = family_variants(path.stem)
+        names += [f"{path.stem}_{v}" for v in variants] if variants else [path.stem]
+    return sorted(names)
 
 
 def resolve_config_path(spec: str) -> str:
-    """Maps ``NAME[:ARG]`` or ``PATH[:ARG]`` to ``PATH[:ARG]``; unknown names list close matches."""
+    """Maps ``NAME[:ARG]`` or ``PATH[:ARG]`` to ``PATH[:ARG]``; unknown names list close matches.
+
+    ``NAME`` is a file ``configs/NAME.py`` or a family variant ``FAMILY_VARIANT``, which maps to
+    ``configs/FAMILY.py:VARIANT[,ARG]`` (``efficientnet_b3:runlocal`` →
+    ``configs/efficientnet.py:b3,runlocal``).
+    """
     name, sep, arg = spec.partition(":")
     if os.path.isfile(name):
         return spec
-    candidate = CONFIG_DIR / f"{name.removesuffix('.py')}.py"
+    stem = name.removesuffix(".py")
+    candidate = CONFIG_DIR / f"{stem}.py"
     if "/" not in name and candidate.is_file():
         return f"{candidate}{sep}{arg}"
+    family, _, variant = stem.rpartition("_")
+    variants = family_variants(family) if "/" not in name else ()
+    if variant in variants:
+        return f"{CONFIG_DIR / family}.py:{variant}" + (f",{arg}" if arg else "")
+    if variants:
+        raise ValueError(
+            f"Config {name!r}: {family} has no variant {variant!r}. Valid: "
+            f"{', '.join(f'{family}_{v}' for v in variants)}."
+        )
     close = difflib.get_close_matches(Path(name).stem, available_configs(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(
@@ -107,7 +161,7 @@ def resolve_config_path(spec: str) -> str:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads ``NAME[:ARG]`` (no command-line overrides), for tests and notebooks."""
     path, _, arg = resolve_config_path(spec).partition(":")
-    module = config_flags.config_flags._LoadConfigModule("config", path)  # noqa: SLF001
+    module = _config_module(Path(path))
     return module.get_config(arg) if arg else module.get_config()
 
 

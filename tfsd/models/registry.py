@@ -1,9 +1,9 @@
 """The one model registry: ``create_model(name, ...)`` and ``list_models()``.
 
-A registry key is the model's ``model.name`` and, where a config exists for it, the name of the
-config file in ``configs/`` (``efficientnet_b0`` → ``configs/efficientnet_b0.py``). Builders are
-plain functions returning functional ``keras.Model`` objects; a variant is one registered call with
-keyword scale factors (as in timm), never a copy of a builder.
+A registry key is the model's ``model.name`` and, where a config exists for it, its
+``--config`` name (``efficientnet_b0`` → ``configs/efficientnet.py``, variant ``b0``). Builders
+are plain functions returning functional ``keras.Model`` objects; a variant is one registered call
+with keyword scale factors (as in timm), never a copy of a builder.
 """
 
 from __future__ import annotations
