@@ -185,23 +185,22 @@ def test_finetuning_raises_eval_accuracy(source, tmp_path):
     34 eval images, 2 CPU cores): 0.24 -> 0.74 with batch statistics, 0.29 -> 0.88 in inference
     mode with re-estimated statistics.
 
-    Plain inference mode on the run's own moving statistics (what ``tfsd.evaluate`` reports for
-    the run, printed here) stays at chance: 0.29, loss ~1e19. Why, measured on this stand-in:
-    the source is a *random* network whose deep features are chaotic. A ridge probe on its
-    pooled inference-mode features is at chance (0.35) while block2b's features separate the
-    classes perfectly, and on eval images its inference-mode activations grow stage by stage to
-    ~30x the batch-statistics ones at 32 px (top_bn max 376 vs 5 with statistics of 38 images,
-    36 vs 5 with 597, dropout off while estimating them). Fine-tuning learns (the re-estimated result), but the statistics the loop
-    keeps do not describe the new weights: after 40 steps momentum 0.99 still weighs the
-    source's statistics by 0.67, and lower momenta average variances of batches of 8 at 1x1
-    maps, biased low by 7/8 per BatchNorm, which compounds through ~50 BatchNorms of a chaotic
-    network. All of these stayed at chance (0.24-0.35) in inference mode: lr 0.01; momentum 0.9
-    or 0.8, with or without stochastic depth; the backbone frozen with frozen statistics
-    (momentum 1.0) for all 40 steps, where the head trains on batch-statistics features that
-    the inference features do not resemble. Real ImageNet weights are not chaotic and a real
-    fine-tune runs thousands of steps, so neither effect should matter there (not checked: no
-    weights offline). The import itself is exact in inference mode:
-    ``test_imported_weights_give_the_source_models_outputs``.
+    Plain inference mode on the run's own moving statistics (what ``tfsd.evaluate`` reports for the
+    run, printed here) stays at chance: 0.29, loss ~1e19. Why, measured on this stand-in: the source
+    is a *random* network whose deep features are chaotic. A ridge probe on its pooled
+    inference-mode features is at chance (0.35) while block2b's features separate the classes
+    perfectly, and on eval images its inference-mode activations grow stage by stage to ~30x the
+    batch-statistics ones at 32 px (top_bn max 376 vs 5 with statistics of 38 images, 36 vs 5 with
+    597, dropout off while estimating them). Fine-tuning learns (the re-estimated result), but the
+    statistics the loop keeps do not describe the new weights: after 40 steps momentum 0.99 still
+    weighs the source's statistics by 0.67, and lower momenta average variances of batches of 8 at
+    1x1 maps, biased low by 7/8 per BatchNorm, which compounds through ~50 BatchNorms of a chaotic
+    network. All of these stayed at chance (0.24-0.35) in inference mode: lr 0.01; momentum 0.9 or
+    0.8, with or without stochastic depth; the backbone frozen with frozen statistics (momentum 1.0)
+    for all 40 steps, where the head trains on batch-statistics features that the inference features
+    do not resemble. Real ImageNet weights are not chaotic and a real fine-tune runs thousands of
+    steps, so neither effect should matter there (not checked: no weights offline). The import
+    itself is exact in inference mode: ``test_imported_weights_give_the_source_models_outputs``.
     """
     src, path, images = source
     c = _config(path, images, **{"init.skip": "predictions", "data.folder_eval_fraction": 0.5})
