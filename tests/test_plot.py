@@ -32,7 +32,7 @@ def _reference(log_dir, tag):
 
 def test_plots_exist_decode_and_show_the_runs_summaries(run, tmp_path):
     written = plot.plot_run(str(run), str(tmp_path))
-    assert sorted(written) == ["curves", "effective_depth", "survival_schedule"]
+    assert sorted(written) == ["curves", "effective_depth", "keep_rates", "survival_schedule"]
     for path, _ in written.values():
         image = tf.io.decode_png(tf.io.read_file(path))
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.shape[2] in (3, 4)
@@ -57,6 +57,19 @@ def test_plots_exist_decode_and_show_the_runs_summaries(run, tmp_path):
     np.testing.assert_array_equal(ax.lines[0].get_xdata(), steps)
     np.testing.assert_allclose(ax.lines[0].get_ydata(), values, rtol=1e-6)
     assert ax.lines[1].get_ydata()[0] == pytest.approx(sum(survival))
+    # Keep rates: each block's kept fraction over the run (steps 2, 4, 6: equal intervals, so
+    # the plain mean of its three summaries), against p_l with the +-2 sigma band of 6 draws
+    # (batch mode, one replica: one gate per block per step).
+    ax = written["keep_rates"][1].axes[0]
+    names = [lay.name for lay in sd_layers.stochastic_depth_layers(model)]
+    means = [np.mean(_reference(run / "train", f"keep_rate/{n}")[1]) for n in names]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), means, rtol=1e-6)
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), survival)
+    assert _reference(run / "train", "gate_draws_per_step")[1] == [1.0, 1.0, 1.0]
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    p = np.array(survival)
+    half = 2 * np.sqrt(p * (1 - p) / 6)
+    np.testing.assert_allclose([band.max(), band.min()], [(p + half).max(), (p - half).min()])
 
 
 def test_cli_writes_the_pngs_and_refuses_a_missing_run(run, tmp_path):
@@ -66,7 +79,7 @@ def test_cli_writes_the_pngs_and_refuses_a_missing_run(run, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "effective_depth.png", "survival_schedule.png"
+        "curves.png", "effective_depth.png", "keep_rates.png", "survival_schedule.png"
     ]  # fmt: skip
     assert str(out / "curves.png") in done.stdout
     bad = subprocess.run(
@@ -74,3 +87,27 @@ def test_cli_writes_the_pngs_and_refuses_a_missing_run(run, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode != 0 and "tfsd.plot:" in bad.stderr
+
+
+def test_config_mode_plots_a_schedule_without_training(tmp_path):
+    """``--config=NAME`` builds the config's model (no run, no dataset) and plots its schedule:
+    cifar_resnet110's 54 blocks on the paper's linear rule p_l = 1 - l / 54 * (1 - 0.5)."""
+    written = plot.plot_config(train.load_config("cifar10_resnet110"), str(tmp_path))
+    path, fig = written["survival_schedule"]
+    assert path == str(tmp_path / "survival_schedule_cifar_resnet110.png")
+    assert tf.io.decode_png(tf.io.read_file(path)).shape[0] > 100
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), 1 - np.arange(1, 55) / 54 * 0.5, rtol=1e-12)
+    # The CLI, with a config override; both modes at once is a usage error.
+    done = subprocess.run(
+        [sys.executable, "-m", "tfsd.plot", "--config=efficientnet_b0",
+         "--config.model.survival_prob=0.6", f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert str(tmp_path / "survival_schedule_efficientnet_b0.png") in done.stdout
+    both = subprocess.run(
+        [sys.executable, "-m", "tfsd.plot", "--config=efficientnet_b0", f"--model_dir={tmp_path}",
+         f"--output_dir={tmp_path}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert both.returncode != 0 and "not both" in both.stderr

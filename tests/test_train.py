@@ -315,6 +315,56 @@ def test_config_seed_reaches_the_stochastic_depth_gates():
     assert a != b
 
 
+def _tensor_summaries(log_dir) -> tuple[dict, dict]:
+    """``({tag: [(step, array)]}, {tag: plugin name})`` of a TensorBoard log dir, read by
+    TensorBoard's own reader (TF2 writes scalars, histograms and images as tensors)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    values = {t: [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(t)] for t in tags}
+    return values, {t: acc.SummaryMetadata(t).plugin_data.plugin_name for t in tags}
+
+
+def test_per_block_keep_rate_summaries_match_the_survival_schedule(tmp_path):
+    """TensorBoard gets each block's realised keep rate per summary interval (scalars, a
+    histogram over blocks, an image against p_l); over the run each block's rate lies within
+    4 binomial sigma of its survival probability for the number of gate draws."""
+    steps, loop = 16, 4
+    c = tiny_config(total_steps=steps, steps_per_loop=loop, checkpoint_every_steps=steps,
+                    **{"model.sd_mode": "sample", "model.survival_prob": 0.5})  # fmt: skip
+    train.train_and_evaluate(c, str(tmp_path))
+    values, plugins = _tensor_summaries(tmp_path / "train")
+    task = train.build_task(c, None)
+    names = [lay.name for lay in task.sd_layers]
+    survival = np.array([lay.survival_prob for lay in task.sd_layers])
+    assert len(names) == 9 and survival[-1] == pytest.approx(0.5)
+    assert plugins["keep_rates"] == "histograms" and plugins["keep_rate_vs_survival"] == "images"
+    # One value per block per interval; the blocks' rates sum to the effective depth.
+    rates = np.array([[float(v) for _, v in values[f"keep_rate/{n}"]] for n in names])
+    assert rates.shape == (9, steps // loop)
+    active = [float(v) for _, v in values["active_blocks"]]
+    np.testing.assert_allclose(rates.sum(axis=0), active, rtol=1e-5)
+    # Sample mode, batch 16: each interval's rate is a count of kept examples over 16 * 4.
+    np.testing.assert_allclose(rates * 16 * loop, np.round(rates * 16 * loop), atol=1e-3)
+    # Over the run: steps * 16 draws per block (train.keep_rate_draws), rate ~ Binomial / n.
+    draws = train.keep_rate_draws(task, steps)
+    np.testing.assert_array_equal(draws, [steps * 16] * 9)
+    sigma = np.sqrt(survival * (1 - survival) / draws)
+    deviation = np.abs(rates.mean(axis=1) - survival)
+    assert np.all(deviation <= 4 * sigma), (rates.mean(axis=1), survival, sigma)
+    # The histogram counts the 9 blocks; its buckets ([left, right, count]) hold their rates.
+    histogram = values["keep_rates"][-1][1]
+    assert histogram.sum(axis=0)[2] == pytest.approx(9)
+    assert histogram[0, 0] == pytest.approx(rates[:, -1].min())
+    # The image: a PNG of the plot (width, height, encoded bytes), not a blank canvas.
+    width, height, png = values["keep_rate_vs_survival"][-1][1]
+    image = tf.io.decode_png(png)
+    assert image.shape[:2] == (int(height), int(width)) and image.shape[0] > 100
+    assert int(tf.reduce_max(image)) > int(tf.reduce_min(image))
+
+
 def test_head_smaller_than_the_dataset_is_an_error(tmp_path):
     """Caught: model.num_classes below the dataset's classes made tf.one_hot zero the labels
     of the other classes, silently."""
@@ -533,6 +583,16 @@ def test_mirrored_two_replicas_resume_exactly_including_the_data_stream(tmp_path
     assert again["step"] == 4 and "Resumed from" in log
     reference, _ = run(straight, 4)
     assert again["weights_digest"] == reference["weights_digest"]
+    # Per-block keep rates under the strategy: batch mode, each replica draws its own gate per
+    # step, so an interval's rate (mean over replicas, 2 steps) is a count over 2 * 2 draws.
+    values, _ = _tensor_summaries(straight / "train")
+    blocks = sorted(t for t in values if t.startswith("keep_rate/"))
+    assert len(blocks) == 9 and "keep_rates" in values and "keep_rate_vs_survival" in values
+    rates = np.array([[float(v) for _, v in values[t]] for t in blocks])
+    assert rates.shape == (9, 2) and rates.min() >= 0.0 and rates.max() <= 1.0
+    np.testing.assert_allclose(rates * 4, np.round(rates * 4), atol=1e-6)
+    active = [float(v) for _, v in values["active_blocks"]]
+    np.testing.assert_allclose(rates.sum(axis=0), active, rtol=1e-6)
     a = tf.train.load_checkpoint(str(resumed / "checkpoints" / "ckpt-4"))
     b = tf.train.load_checkpoint(str(straight / "checkpoints" / "ckpt-4"))
     keys = [k for k in a.get_variable_to_shape_map() if k.split("/")[0] in ("model", "optimizer")]

@@ -165,7 +165,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def _rewrite_config_argv(argv: list[str]) -> list[str]:
+def rewrite_config_argv(argv: list[str]) -> list[str]:
     """Resolves ``--config=NAME`` to the file path before absl parses flags."""
     out, i = [], 0
     while i < len(argv):
@@ -733,6 +733,7 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
     def train_loop(iterator, n):
         totals = {"loss": 0.0, "top1": 0.0, "examples": 0.0, "active_blocks": 0.0}
         totals = {k: tf.constant(v) for k, v in totals.items()}
+        totals["keep_rates"] = tf.zeros([len(task.sd_layers)])  # per block, summed over steps
         steps, stopped = tf.constant(0.0), tf.constant(False)
         for _ in tf.range(n):
             if stop_requested():
@@ -744,10 +745,12 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
             task.step.assign_add(1)
             if task.ema is not None:
                 task.ema.update(task.step)
-            active = tf.add_n(
-                [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers] or [0.0]
-            )
-            out["active_blocks"] = active
+            # keep_rate is sync-on-read with MEAN aggregation (tfsd/layers.py): read here, in the
+            # cross-replica context, it is the mean over replicas of each replica's kept
+            # fraction, i.e. the global fraction (replicas hold equal batch shares).
+            rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
+            out["keep_rates"] = tf.stack(rates) if rates else tf.zeros([0])
+            out["active_blocks"] = tf.reduce_sum(out["keep_rates"])
             totals = {k: totals[k] + out[k] for k in totals}
             steps += 1.0
         totals["steps"] = steps
@@ -1085,7 +1088,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
             if eval_every:
                 n = min(n, eval_every - step % eval_every)
             t0 = time.time()
-            sums = {k: float(v) for k, v in train_loop(iterator, tf.constant(n)).items()}
+            sums = {k: v.numpy() for k, v in train_loop(iterator, tf.constant(n)).items()}
+            keep_rates = sums.pop("keep_rates")
+            sums = {k: float(v) for k, v in sums.items()}
             seconds = time.time() - t0
             stopped = sums["stopped"] > 0 or bool(watcher.received)
             done = int(sums["steps"])
@@ -1110,6 +1115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                     for k, v in metrics.items():
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("stochastic_blocks", len(task.sd_layers))
+                    if chief and task.sd_layers:
+                        _log_keep_rates(task, keep_rates / done, done)
                 progress.update(step, metrics)
             if stopped:
                 break
@@ -1141,6 +1148,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     return result
 
 
+def keep_rate_draws(task: Task, steps: int) -> np.ndarray:
+    """Gate draws behind each block's realised keep rate over ``steps`` training steps.
+
+    Sample mode draws one gate per example (the global batch per step); batch mode one per
+    replica per step, or one per step when every replica draws the same gate
+    (``sync_replicas``). The binomial standard error of a block's keep rate is
+    ``sqrt(p (1 - p) / draws)``.
+    """
+    replicas = task.strategy.num_replicas_in_sync
+    per_step = [
+        task.config.batch_size if lay.mode == "sample" else 1 if lay.sync_replicas else replicas
+        for lay in task.sd_layers
+    ]
+    return np.array(per_step, np.int64) * steps
+
+
+def _log_keep_rates(task: Task, keep_rates: np.ndarray, steps: int) -> None:
+    """Per-block keep rates of the last ``steps`` steps, under the default summary writer.
+
+    ``keep_rate/<block>`` scalars, a ``keep_rates`` histogram over blocks, and a
+    ``keep_rate_vs_survival`` image: each block's realised rate against its survival
+    probability ``p_l`` with a +-2 standard-error band for this many draws.
+    """
+    from tfsd import figures  # matplotlib: imported when the first summary is written
+
+    survival = np.array([lay.survival_prob for lay in task.sd_layers], np.float64)
+    draws = keep_rate_draws(task, steps)
+    for lay, rate in zip(task.sd_layers, keep_rates):
+        tf.summary.scalar(f"keep_rate/{lay.name}", float(rate))
+    # For tfsd.plot's band. build_model gives every block the same mode and sync_replicas, so
+    # the count is the same for all; the minimum otherwise (a band never too narrow).
+    tf.summary.scalar("gate_draws_per_step", float(draws.min()) / steps)
+    tf.summary.histogram("keep_rates", keep_rates)
+    fig = figures.keep_rate_figure(
+        survival, keep_rates, draws,
+        f"{task.config.model.name}: keep rate over {steps} steps",
+    )  # fmt: skip
+    tf.summary.image("keep_rate_vs_survival", figures.to_image(fig)[None])
+
+
 def _log_eval(task: Task, result: dict[str, float], writers, step: int) -> None:
     with writers["eval"].as_default(step=step):
         for k in ("top1", "top5", "loss"):
@@ -1163,7 +1210,7 @@ def main(argv: list[str]) -> None:
 def run_main() -> None:
     """Entry point of ``python -m tfsd.train`` and the ``tfsd-train`` console script."""
     try:
-        argv = _rewrite_config_argv(sys.argv)
+        argv = rewrite_config_argv(sys.argv)
     except ValueError as e:
         sys.exit(f"tfsd.train: {e}")
     # ml_collections also reads the override flags from sys.argv itself: keep the two equal.
