@@ -15,6 +15,9 @@ update, on a fixed batch of random images with values in [0, 255] and random lab
     multiply, every branch computed. Target ≤ 1.03× (the gate machinery costs at most 3%);
   - ``tfsd sample skip``: ``sd_mode="sample", sample_skip=True``: each branch runs on its kept
     examples only (gather, branch, scatter back). Target ≤ 0.85×;
+  - ``tfsd sample skip, drop ≥ 0.17``: the same with ``sample_skip_min_drop=0.17``: blocks whose
+    drop probability is below 0.17 (the first, 32×32 stage, whose activations make gathering and
+    scattering dearest and whose branches are dropped least) use the mask form. Target ≤ 0.85×;
   - ``tfsd batch skip``: ``sd_mode="batch"``; a dropped block's branch is skipped by ``tf.cond``,
     forward and backward. The physical limit is ≈ 0.75× of the block compute plus the
     un-droppable stem, head, loss and optimizer; the paper (Huang et al. 2016, Table 2) measured
@@ -22,16 +25,17 @@ update, on a fixed batch of random images with values in [0, 255] and random lab
 
 * EfficientNet-B0 at the default drop 0.2: ``keras.applications.EfficientNetB0(weights=None,
   classifier_activation=None)`` (drop-connect via ``Dropout(noise_shape=(None, 1, 1, 1))``, the
-  baseline) vs tfsd ``efficientnet_b0`` in its default mask form and with ``sample_skip=True``
-  (target ≤ 0.97×), same loop, same batch (default 8 images at 128×128 to fit a 2-core CPU;
-  ``--effnet-batch``/``--effnet-size``).
+  baseline) vs tfsd ``efficientnet_b0`` in its default mask form, with ``sample_skip=True``
+  (target ≤ 0.97×) and with skipping only where the drop probability is ≥ 0.1; same loop, same
+  batch (default 8 images at 128×128 to fit a 2-core CPU; ``--effnet-batch``/``--effnet-size``).
 
 * The gate code alone: ``L`` layers' per-step gate work (replica fold, draw, compare, step and
   ``keep_rate`` writes) against one fused ``[L]`` draw per model step, and the ``keep_rate``
   writes alone, each net of an empty ``tf.function`` call: what fusing the draws would save.
 
-Noise control. Every variant is warmed up (``--warmup`` steps, which also traces the graph), then
-the whole comparison is run ``--repeats`` times (default 2) in a row. Each comparison is
+Noise control. Every variant is warmed up (``--warmup`` steps, default 10, which also trace the
+graph; the skip forms meet a new batch size, and oneDNN creates new kernels, in their first steps),
+then the whole comparison is run ``--repeats`` times (default 2) in a row. Each comparison is
 ``--rounds`` round-robin rounds (default 6), each running ``--steps`` (default 3) consecutive
 steps of every variant (the order rotates each round), so bursts of background load hit all
 variants alike. Each step is timed individually (the loss is fetched, which waits for the step)
@@ -81,6 +85,14 @@ from tfsd.models import resnet as tfsd_resnet
 # -------------------------------------------------------------------------------------------------
 # The keras-cv variant: tfsd's CIFAR ResNet, residuals joined by keras_cv's StochasticDepth.
 # -------------------------------------------------------------------------------------------------
+
+
+# ``sample_skip_min_drop`` of the selective-skip rows (see tfsd.models.common.SDConfig): ResNet-110
+# at p_L = 0.5 has 1 - p_l = l / 108, so 0.17 skips from block 19 (the 16x16 stage) on and keeps
+# the 32x32 stage (largest activations, 1 - p_l <= 1/6) in the mask form. B0's rule drops
+# 0.2 * i / 16: 0.1 skips blocks i >= 8 (the 14x14 and 7x7 stages at 224 px).
+SKIP_MIN_DROP_RESNET = 0.17
+SKIP_MIN_DROP_EFFNET = 0.1
 
 
 def _keras_cv_stochastic_depth() -> tuple[Callable[..., keras.layers.Layer], str]:
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--repeats", type=int, default=2, help="complete comparisons in a row (shows the spread)"
     )
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (tracing)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per variant (tracing)")
     p.add_argument("--batch", type=int, default=64, help="CIFAR ResNet batch size")
     p.add_argument("--depth", type=int, default=110, help="CIFAR ResNet depth (6n + 2)")
     p.add_argument("--final-survival", type=float, default=0.5, help="p_L of the linear rule")
@@ -411,6 +423,21 @@ def main(argv: list[str] | None = None) -> int:
             "branch on kept examples only (gather/scatter)",
         ),
         Variant(
+            f"{rn} tfsd sample skip, drop ≥ 0.17",
+            "resnet",
+            mk(
+                survival_prob=pl,
+                sd_mode="sample",
+                sample_skip=True,
+                sample_skip_min_drop=SKIP_MIN_DROP_RESNET,
+            ),
+            args.batch,
+            32,
+            10,
+            0.85,
+            "skip where 1 - p_l >= 0.17 (stages 2-3 at p_L = 0.5), mask form elsewhere",
+        ),
+        Variant(
             f"{rn} tfsd batch skip",
             "resnet",
             mk(survival_prob=pl, sd_mode="batch"),
@@ -467,6 +494,22 @@ def main(argv: list[str] | None = None) -> int:
                 1000,
                 0.97,
                 "per-sample skip, drop 0.2",
+            ),
+            Variant(
+                "tfsd efficientnet_b0 sample skip, drop ≥ 0.1",
+                "efficientnet",
+                create_model(
+                    "efficientnet_b0",
+                    num_classes=1000,
+                    input_shape=(s, s, 3),
+                    sample_skip=True,
+                    sample_skip_min_drop=SKIP_MIN_DROP_EFFNET,
+                ),
+                args.effnet_batch,
+                s,
+                1000,
+                0.97,
+                "skip where 1 - p_l >= 0.1 (blocks 8-16 of 16), mask form elsewhere",
             ),
         ]
         timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps, args.repeats)

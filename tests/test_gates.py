@@ -436,3 +436,37 @@ def test_sample_skip_trains_a_cifar_resnet_in_a_tf_function():
         rates += [float(lay.keep_rate.numpy()) for lay in sd]
     assert not np.array_equal(before, model.trainable_variables[0].numpy())
     assert 0.0 < np.mean(rates) < 1.0
+
+
+def test_sample_skip_min_drop_selects_blocks_by_drop_probability():
+    """``sample_skip_min_drop`` skips exactly the blocks with 1 - p_l >= it; others mask.
+
+    cifar_resnet20 has L = 9 blocks at p_L = 0.5 linear: 1 - p_l = l / 18, so 0.17 (> 3/18)
+    keeps blocks 1-3 (the first stage) in the mask form and skips blocks 4-9. Gates do not
+    depend on the form: the mixed model draws the same keep decisions as the all-skip one.
+    """
+    kw = dict(num_classes=10, width=0.25, input_shape=(16, 16, 3), sd_mode="sample")
+    mixed = create_model("cifar_resnet20", sample_skip=True, sample_skip_min_drop=0.17, **kw)
+    layers = sdl.stochastic_depth_layers(mixed)
+    drops = [1.0 - lay.survival_prob for lay in layers]
+    np.testing.assert_allclose(drops, np.arange(1, 10) / 18)
+    assert [lay.sample_skip for lay in layers] == [False] * 3 + [True] * 6
+    assert layers[3].name.startswith("conv3_block1")
+    # Without sample_skip the threshold changes nothing; 0.0 skips everywhere.
+    plain = create_model("cifar_resnet20", sample_skip_min_drop=0.17, **kw)
+    assert {lay.sample_skip for lay in sdl.stochastic_depth_layers(plain)} == {False}
+    every = create_model("cifar_resnet20", sample_skip=True, **kw)
+    assert {lay.sample_skip for lay in sdl.stochastic_depth_layers(every)} == {True}
+    every.set_weights(mixed.get_weights())
+    x = tf.random.stateless_uniform([8, 16, 16, 3], seed=[0, 2], maxval=255.0)
+    # Inference is the same function whichever form trains.
+    np.testing.assert_allclose(mixed(x).numpy(), every(x).numpy(), rtol=1e-5, atol=1e-5)
+    for _ in range(2):
+        mixed(x, training=True)
+        every(x, training=True)
+        rates = [[float(lay.keep_rate.numpy()) for lay in sdl.stochastic_depth_layers(m)]
+                 for m in (mixed, every)]  # fmt: skip
+        assert rates[0] == rates[1]
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="sample_skip_min_drop must be a number in"):
+            create_model("cifar_resnet20", sample_skip=True, sample_skip_min_drop=bad, **kw)

@@ -234,8 +234,12 @@ def _gather_rows(x: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, Any]:
     cannot merge it with the dense gradient of the other branches (a TypeSpec mismatch).
     """
 
+    # The shape is taken in the forward pass so that the backward pass does not hold ``x`` alive
+    # (only its shape is needed), which lets the runtime reuse x's buffer.
+    shape = tf.shape(x, out_type=rows.dtype)
+
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, None]:
-        return tf.scatter_nd(rows, dy, tf.shape(x, out_type=rows.dtype)), None
+        return tf.scatter_nd(rows, dy, shape), None
 
     return tf.gather_nd(x, rows), grad
 
@@ -582,7 +586,9 @@ class StochasticResidual(StochasticDepth):
             residual = tf.cast(self.branch(x, training=True), dtype)
             # The batch axis of a kept subset is shorter than the shortcut's: compare the rest.
             self._check_pair_shapes([shortcut.shape[1:], residual.shape[1:]])
-            return self._gate(tf.constant(True), dtype) * residual
+            if self.scale_at == "train":  # a kept branch is scaled by 1 / p
+                residual = self._gate(tf.constant(True), dtype) * residual
+            return residual  # scale_at="inference": the gate of a kept branch is 1, no multiply
 
         def all_kept():
             return shortcut + residual_of(inputs)
