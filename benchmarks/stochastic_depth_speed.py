@@ -229,6 +229,10 @@ class Variant:
         out["repeat_median_ms"] = [float(np.median(t) * 1e3) for t in self.repeat_times]
         if self.sd:
             out["num_sd_layers"] = len(self.sd)
+            # Layers running their branch on the kept examples only (StochasticResidual).
+            out["sample_skip_layers"] = sum(
+                bool(getattr(lay, "sample_skip", False)) for lay in self.sd
+            )
             out["expected_active_fraction"] = sum(lay.survival_prob for lay in self.sd) / len(
                 self.sd
             )

@@ -32,10 +32,12 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
         "ResNet-8 keras-cv StochasticDepth",
         "ResNet-8 tfsd sample mask",
         "ResNet-8 tfsd sample skip",
+        "ResNet-8 tfsd sample skip, drop ≥ 0.17",
         "ResNet-8 tfsd batch skip",
         "keras.applications EfficientNetB0",
         "tfsd efficientnet_b0",
         "tfsd efficientnet_b0 sample skip",
+        "tfsd efficientnet_b0 sample skip, drop ≥ 0.1",
     ]
     for row in result["rows"]:
         assert row["n_steps"] == len(row["step_ms"]) == 2 and row["median_ms"] > 0
@@ -51,6 +53,11 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     assert skip["expected_active_fraction"] == pytest.approx((5 / 6 + 2 / 3 + 1 / 2) / 3)
     assert 0.0 <= skip["mean_active_fraction"] <= 1.0
     assert by_name["ResNet-8 tfsd sample skip"]["repeat_ratios"][0] > 0
+    # ResNet-8 (3 blocks, 1 - p_l = 1/6, 1/3, 1/2): the selective row skips the last two blocks.
+    selective = by_name["ResNet-8 tfsd sample skip, drop ≥ 0.17"]
+    assert (selective["num_sd_layers"], selective["sample_skip_layers"]) == (3, 2)
+    assert by_name["ResNet-8 tfsd sample skip"]["sample_skip_layers"] == 3
+    assert by_name["ResNet-8 tfsd sample mask"]["sample_skip_layers"] == 0
     gates = result["gate_overhead"]
     assert gates["num_blocks"] == 3 and gates["per_layer_ms"] > 0 and gates["fused_ms"] > 0
     assert len(result["load_average_before"]) == 3 and "load average" in printed

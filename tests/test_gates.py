@@ -186,25 +186,31 @@ def _x(batch=32, seed=0):
     return tf.constant(rng.normal(size=(batch, 5, 5, 2)).astype("float32"))
 
 
+@pytest.mark.parametrize("identity", [False, True])
 @pytest.mark.parametrize("scale_at", ["inference", "train"])
-def test_sample_skip_equals_mask_form_bit_for_bit(scale_at):
-    """Same name, seed and branch: sample_skip gives exactly the mask form's outputs."""
+def test_sample_skip_equals_mask_form_bit_for_bit(scale_at, identity):
+    """Same name, seed and branch: sample_skip gives exactly the mask form's outputs.
+
+    ``identity``: no shortcut argument (the shortcut is the input itself); otherwise an explicit
+    shortcut tensor.
+    """
     branch = RecordingBranch()
     kw = dict(mode="sample", scale_at=scale_at, seed=4, name="blk")
     skip = sdl.StochasticResidual(branch, 0.6, sample_skip=True, **kw)
     mask = sdl.StochasticResidual(branch, 0.6, **kw)
     x = _x()
-    s = x * 0.5 - 1.0
-    skip(x, shortcut=s), mask(x, shortcut=s)  # build
-    f_skip = tf.function(lambda x, s: skip(x, shortcut=s, training=True))
-    f_mask = tf.function(lambda x, s: mask(x, shortcut=s, training=True))
+    s = x if identity else x * 0.5 - 1.0
+    shortcut = None if identity else s
+    skip(x, shortcut=shortcut), mask(x, shortcut=shortcut)  # build
+    f_skip = tf.function(lambda x: skip(x, shortcut=shortcut, training=True))
+    f_mask = tf.function(lambda x: mask(x, shortcut=shortcut, training=True))
     kept_total = 0.0
     for _ in range(6):
         seen0 = float(branch.seen.numpy())
-        y_skip = f_skip(x, s).numpy()
+        y_skip = f_skip(x).numpy()
         n_kept = float(branch.seen.numpy()) - seen0
         kept_total += n_kept
-        y_mask = f_mask(x, s).numpy()
+        y_mask = f_mask(x).numpy()
         np.testing.assert_array_equal(y_skip, y_mask)
         assert float(skip.keep_rate.numpy()) == float(mask.keep_rate.numpy())
         # The branch ran on the kept examples only.
@@ -214,7 +220,9 @@ def test_sample_skip_equals_mask_form_bit_for_bit(scale_at):
         assert dropped.sum() == 32 - n_kept
     assert 0 < kept_total < 6 * 32
     # Inference runs the whole batch through the branch, as the mask form.
-    np.testing.assert_array_equal(skip(x, shortcut=s).numpy(), mask(x, shortcut=s).numpy())
+    np.testing.assert_array_equal(
+        skip(x, shortcut=shortcut).numpy(), mask(x, shortcut=shortcut).numpy()
+    )
 
 
 def test_sample_skip_drop_frequency_within_4_sigma():
