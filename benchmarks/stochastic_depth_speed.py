@@ -77,6 +77,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.applications import efficientnet as keras_efficientnet  # the generic constructor
 
 from tfsd import layers as sd_layers
 from tfsd.models import common, create_model
@@ -360,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effnet-batch", type=int, default=8, help="EfficientNet batch size")
     p.add_argument("--effnet-size", type=int, default=128, help="EfficientNet input resolution")
     p.add_argument("--skip-effnet", action="store_true", help="only the ResNet group")
+    p.add_argument(
+        "--effnet-scale",
+        type=float,
+        default=1.0,
+        help="width and depth multiplier of both B0s (< 1: smoke runs, not judged)",
+    )
     p.add_argument("--output", default="benchmarks/results/stochastic_depth_speed.json")
     p.add_argument(
         "--quick",
@@ -461,59 +468,47 @@ def main(argv: list[str] | None = None) -> int:
             f"Building EfficientNet-B0 variants (batch {args.effnet_batch}, {s}x{s}) ...",
             flush=True,
         )
+        k = args.effnet_scale
+        if k == 1.0:
+            base_b0 = keras.applications.EfficientNetB0(
+                weights=None, classifier_activation=None, input_shape=(s, s, 3)
+            )
+        else:  # the same constructor with B0's table scaled by k (smoke runs only)
+            base_b0 = keras_efficientnet.EfficientNet(
+                k, k, s, name="efficientnet_scaled", weights=None,
+                classifier_activation=None, input_shape=(s, s, 3),
+            )  # fmt: skip
+
+        def b0_variant(name: str, target: float | None, note: str, **kw: Any) -> Variant:
+            model = create_model(
+                "efficientnet_b0", num_classes=1000, input_shape=(s, s, 3), width=k, depth=k, **kw
+            )
+            return Variant(name, "efficientnet", model, args.effnet_batch, s, 1000, target, note)
+
         eff_variants = [
             Variant(
                 "keras.applications EfficientNetB0",
                 "efficientnet",
-                keras.applications.EfficientNetB0(
-                    weights=None, classifier_activation=None, input_shape=(s, s, 3)
-                ),
+                base_b0,
                 args.effnet_batch,
                 s,
                 1000,
                 None,
                 "baseline: drop-connect 0.2 via Dropout",
             ),
-            Variant(
-                "tfsd efficientnet_b0",
-                "efficientnet",
-                create_model("efficientnet_b0", num_classes=1000, input_shape=(s, s, 3)),
-                args.effnet_batch,
-                s,
-                1000,
-                None,
-                "per-sample mask, drop 0.2 (default)",
-            ),
-            Variant(
+            b0_variant("tfsd efficientnet_b0", None, "per-sample mask, drop 0.2 (default)"),
+            b0_variant(
                 "tfsd efficientnet_b0 sample skip",
-                "efficientnet",
-                create_model(
-                    "efficientnet_b0",
-                    num_classes=1000,
-                    input_shape=(s, s, 3),
-                    sample_skip=True,
-                ),
-                args.effnet_batch,
-                s,
-                1000,
                 0.97,
                 "per-sample skip, drop 0.2",
+                sample_skip=True,
             ),
-            Variant(
+            b0_variant(
                 "tfsd efficientnet_b0 sample skip, drop ≥ 0.1",
-                "efficientnet",
-                create_model(
-                    "efficientnet_b0",
-                    num_classes=1000,
-                    input_shape=(s, s, 3),
-                    sample_skip=True,
-                    sample_skip_min_drop=SKIP_MIN_DROP_EFFNET,
-                ),
-                args.effnet_batch,
-                s,
-                1000,
                 0.97,
                 "skip where 1 - p_l >= 0.1 (blocks 8-16 of 16), mask form elsewhere",
+                sample_skip=True,
+                sample_skip_min_drop=SKIP_MIN_DROP_EFFNET,
             ),
         ]
         timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps, args.repeats)
@@ -524,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     judged = {
         "resnet": not args.quick
         and (args.depth, args.batch, args.final_survival) == (110, 64, 0.5),
-        "efficientnet": not args.quick,
+        "efficientnet": not args.quick and args.effnet_scale == 1.0,
     }
     print("Timing the gate code alone (per-layer draws vs one fused draw) ...", flush=True)
     num_sd = len(res_variants[-1].sd)
