@@ -58,7 +58,8 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfsd import export, models  # noqa: E402  (after the path set-up for running as a script)
+from tfsd import models  # noqa: E402  (after the path set-up for running as a script)
+from tfsd.serving import saved_model as saved_model_lib
 
 
 class Variant:
@@ -82,7 +83,7 @@ class Variant:
 def _export_tfsd(model: keras.Model, base: str, fold: bool, preprocess: str) -> str:
     size = model.inputs[0].shape[1]
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    return export.export_saved_model(
+    return saved_model_lib.export_saved_model(
         model, base, preprocess=preprocess, fold=fold, sample_images=images,
         warmup_batch_sizes=(1, 2),
     )  # fmt: skip

@@ -29,6 +29,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import tflite_convert, tflite_verify
+
 _MODELS = flags.DEFINE_list("models", ["efficientnet_b0", "efficientnet_lite0"], "Zoo models.")
 _QUANTS = flags.DEFINE_list("quantizations", ["none", "float16", "dynamic", "int8"], "Kinds.")
 _SIZE = flags.DEFINE_integer("image_size", 224, "Input resolution.")
@@ -56,7 +59,7 @@ def run(
     import keras
 
     from tfsd import data as data_lib
-    from tfsd import export, models, tflite
+    from tfsd import models
 
     load_before = _load()
     ds = data_lib.build_dataset(
@@ -64,7 +67,7 @@ def run(
         image_size=image_size,
     )  # fmt: skip
     images = next(iter(ds))[0].numpy()
-    data = tflite.EvalData(images[1:], images[:1], None, "synthetic eval images")
+    data = tflite_verify.EvalData(images[1:], images[:1], None, "synthetic eval images")
     rows, lites = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in model_names:
@@ -74,26 +77,28 @@ def run(
                 name, num_classes=num_classes, input_shape=(image_size, image_size, 3), **scale
             )
             params = model.count_params()
-            path = export.export_saved_model(
+            path = saved_model_lib.export_saved_model(
                 model, os.path.join(tmp, name), preprocess="inception",
                 sample_images=np.repeat(images[:1], 8, 0), warmup_batch_sizes=(1,),
             )  # fmt: skip
-            serving = tflite.ServingModel(path)
+            serving = tflite_convert.ServingModel(path)
             for quantize in quantizations:
                 start = time.perf_counter()
                 if quantize == "int8":
-                    content = tflite.quantize_int8(tflite.calibrate_int8(serving, data.calibration))
+                    content = tflite_convert.quantize_int8(
+                        tflite_convert.calibrate_int8(serving, data.calibration)
+                    )
                 else:
-                    content = tflite.convert(serving, quantize)
+                    content = tflite_convert.convert(serving, quantize)
                 seconds = time.perf_counter() - start
-                ops = tflite.model_ops(content)
+                ops = tflite_convert.model_ops(content)
                 rows.append({
                     "model": name, "params": params, "quantization": quantize,
                     "size_bytes": len(content), "convert_s": round(seconds, 1),
-                    "float_ops": len(tflite.float_ops(content)), "ops": len(ops),
+                    "float_ops": len(tflite_convert.float_ops(content)), "ops": len(ops),
                     "flex_ops": sorted({n for n, _, _ in ops if n.startswith("Flex")}),
                 })  # fmt: skip
-                lites.append(tflite.LiteModel(content, num_threads=num_threads))
+                lites.append(tflite_verify.LiteModel(content, num_threads=num_threads))
                 print(f"converted {name} {quantize}: {len(content) / 2**20:.2f} MiB", flush=True)
         # Interleaved timing: every model runs runs_per_round invokes per round.
         times = [[] for _ in lites]

@@ -12,7 +12,7 @@ smoothing 0.1, EMA 0.9999, 350 epochs, RandAugment (2 ops, magnitude 9), bfloat1
 
 Argument: ``VARIANT[,runlocal]``, VARIANT one of ``VARIANTS`` (b0…b7, lite0…lite4: every
 ``efficientnet_*`` model of the registry). ``--config=efficientnet_b3[:runlocal]`` is resolved
-by the config loader (``tfsd.train.resolve_config_path``) to this file with the argument
+by the config loader (``tfsd.config_names.resolve_config_path``) to this file with the argument
 ``b3[,runlocal]``, so ``--config=efficientnet:b3,runlocal`` and
 ``--config=configs/efficientnet.py:b3,runlocal`` are the same config. A variant not in the list
 is an error that lists the valid ones.

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfsd import config_names
+
 
 def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
     """Gives every BatchNormalization non-trivial gamma, beta and moving statistics.
@@ -34,9 +36,8 @@ def op_types(fn: Callable, *specs: tf.TensorSpec) -> set[str]:
 
 def tiny_config(**changes):
     """cifar10_resnet110:runlocal shrunk to a CIFAR ResNet-20 of width 0.25 at 16×16."""
-    from tfsd import train
 
-    c = train.load_config("cifar10_resnet110:runlocal")
+    c = config_names.load_config("cifar10_resnet110:runlocal")
     c.model.name = "cifar_resnet20"
     c.model.overrides.width = 0.25
     c.model.image_size = 16

@@ -16,8 +16,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests.helpers import tiny_config  # noqa: E402
+from tfsd import config_names  # noqa: E402
 from tfsd import data as data_lib  # noqa: E402
-from tfsd import train  # noqa: E402
+from tfsd.training import step as step_lib  # noqa: E402
+from tfsd.training import task as task_lib  # noqa: E402
 
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 DEFAULT = tf.distribute.get_strategy()
@@ -25,7 +27,7 @@ DEFAULT = tf.distribute.get_strategy()
 
 def task_and_iterator(config, strategy):
     keras.utils.set_random_seed(config.seed)
-    task = train.build_task(config, None, strategy)
+    task = task_lib.build_task(config, None, strategy)
     ds = strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.build_dataset(
             config.data,
@@ -49,8 +51,8 @@ def one_step_vs_one_device():
     before = [v.numpy().copy() for v in ref.model.trainable_variables]
     rep, rep_it = task_and_iterator(c, MIRRORED)
     rep.model.set_weights(ref.model.get_weights())
-    train.make_train_loop(ref)(ref_it, tf.constant(1))
-    train.make_train_loop(rep)(rep_it, tf.constant(1))
+    step_lib.make_train_loop(ref)(ref_it, tf.constant(1))
+    step_lib.make_train_loop(rep)(rep_it, tf.constant(1))
     diffs = {}
     for a, b in zip(ref.model.weights, rep.model.weights):
         diffs[a.path] = float(np.max(np.abs(a.numpy() - b.numpy())))
@@ -93,7 +95,7 @@ def per_replica_gates_and_bn_average(steps=8):
     """Batch-mode gates without sync BN: replicas draw their own; BN stats agree after a step."""
     c = tiny_config(**{"model.survival_prob": 0.5})
     task, it = task_and_iterator(c, MIRRORED)
-    loop = train.make_train_loop(task)
+    loop = step_lib.make_train_loop(task)
     keeps = []  # [step][layer][replica]
     for _ in range(steps):
         loop(it, tf.constant(1))
@@ -101,7 +103,7 @@ def per_replica_gates_and_bn_average(steps=8):
             [[float(v.numpy()) for v in lay.keep_rate.value.values] for lay in task.sd_layers]
         )
     spread = 0.0
-    for v in train.bn_moving_stats(task.model):
+    for v in step_lib.bn_moving_stats(task.model):
         a, b = (x.numpy() for x in v.value.values)
         spread = max(spread, float(np.max(np.abs(a - b))))
     differ = sum(k[0] != k[1] for step in keeps for k in step)
@@ -113,7 +115,7 @@ def sync_bn_batch_mode_trains(steps=4):
     """sync_bn with batch-mode gates: replicas in lockstep, branches masked, training runs."""
     c = tiny_config(**{"model.survival_prob": 0.5, "model.sync_bn": "on"})
     task, it = task_and_iterator(c, MIRRORED)
-    loop = train.make_train_loop(task)
+    loop = step_lib.make_train_loop(task)
     losses, same = [], True
     for _ in range(steps):
         out = loop(it, tf.constant(1))
@@ -127,7 +129,7 @@ def sync_bn_batch_mode_trains(steps=4):
 def jit_compiled(name):
     """The XLA-compiled step of a tiny model under MirroredStrategy."""
     if name == "efficientnet":
-        c = train.load_config("efficientnet_b0:runlocal")
+        c = config_names.load_config("efficientnet_b0:runlocal")
         c.model.overrides.width = 0.1
         c.model.overrides.depth = 0.1
         c.model.image_size = 32
@@ -139,7 +141,7 @@ def jit_compiled(name):
         c = tiny_config()
     c.jit_compile = True
     task, it = task_and_iterator(c, MIRRORED)
-    out = train.make_train_loop(task)(it, tf.constant(2))
+    out = step_lib.make_train_loop(task)(it, tf.constant(2))
     return {"loss": float(out["loss"]), "steps": float(out["steps"])}
 
 

@@ -13,7 +13,11 @@ import tensorflow as tf
 import tfsd
 from tests.helpers import tiny_config, write_image_folder
 from tfsd import data as data_lib
-from tfsd import evaluate, export, predict, train
+from tfsd.serving import predict as predict_lib
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.training import evaluation as evaluation_lib
+from tfsd.training import loop as loop_lib
+from tfsd.training import run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("red", "green", "blue")
@@ -31,7 +35,7 @@ def run(tmp_path_factory):
     config.data.folder_eval_fraction = 0.25
     config.data.preprocess = "none"
     config.batch_size = 8
-    final = train.train_and_evaluate(config, str(root / "run"))
+    final = loop_lib.train_and_evaluate(config, str(root / "run"))
     return root / "run", images, final
 
 
@@ -50,8 +54,8 @@ def _eval_reference(model, config):
 
 def test_evaluate_counts_match_an_independent_pass_and_the_training_eval(run, tmp_path):
     model_dir, _, final = run
-    result = evaluate.evaluate_run(str(model_dir), batch_size=7, output_dir=str(tmp_path))
-    config = export.load_run_config(str(model_dir))
+    result = evaluation_lib.evaluate_run(str(model_dir), batch_size=7, output_dir=str(tmp_path))
+    config = run_dir.load_run_config(str(model_dir))
     matrix = _eval_reference(tfsd.restore(str(model_dir)), config)
     np.testing.assert_array_equal(result["confusion_matrix"], matrix)
     assert result["examples"] == matrix.sum() == final["examples"]
@@ -65,7 +69,7 @@ def test_evaluate_counts_match_an_independent_pass_and_the_training_eval(run, tm
     assert saved["confusion_matrix"] == matrix.tolist() and saved["class_names"] == LABELS
     png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "confusion_matrix.png"))).numpy()
     assert png.shape[0] > 200 and png.shape[2] in (3, 4) and png.std() > 10  # a drawn picture
-    report = evaluate.format_report(result)
+    report = evaluation_lib.format_report(result)
     assert f"top-1 {result['top1']:.4f}" in report and "red" in report
 
 
@@ -73,7 +77,7 @@ def test_restore_returns_ema_or_raw_weights_of_the_run(run):
     model_dir, _, _ = run
     ema = tfsd.restore(str(model_dir))
     raw = tfsd.restore(str(model_dir), weights="raw")
-    ref_ema, *_ = export.restore_run(str(model_dir), weights="ema")
+    ref_ema, *_ = run_dir.restore_run(str(model_dir), weights="ema")
     for a, b in zip(ema.weights, ref_ema.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert any(
@@ -94,9 +98,9 @@ def test_restore_returns_ema_or_raw_weights_of_the_run(run):
 def test_predict_run_and_its_export_give_the_same_top_classes(run, tmp_path):
     model_dir, images, _ = run
     files = sorted(str(p) for p in images.rglob("*.*"))[:4]
-    got = predict.predict_run(str(model_dir), files)
+    got = predict_lib.predict_run(str(model_dir), files)
     # Reference: the run's model on the run's eval preprocessing.
-    model, config, _, _ = export.restore_run(str(model_dir))
+    model, config, _, _ = run_dir.restore_run(str(model_dir))
     fn = data_lib.make_eval_image_fn(config.data, config.model.image_size)
     x = tf.stack([fn(tf.io.read_file(f)) for f in files])
     probs = tf.nn.softmax(model(x, training=False)).numpy()
@@ -105,9 +109,9 @@ def test_predict_run_and_its_export_give_the_same_top_classes(run, tmp_path):
         best = int(np.argmax(p))
         assert row[0][0] == LABELS[best] and row[0][1] == pytest.approx(p[best], abs=1e-6)
     base = tmp_path / "exports"
-    export.export_run(str(model_dir), str(base))
-    from_export = predict.predict_export(str(base), files)  # the base path: highest version
-    assert predict.resolve_export_dir(str(base)) == str(base / "1")
+    saved_model_lib.export_run(str(model_dir), str(base))
+    from_export = predict_lib.predict_export(str(base), files)  # the base path: highest version
+    assert predict_lib.resolve_export_dir(str(base)) == str(base / "1")
     for a, b in zip(got, from_export):
         assert [n for n, _ in a] == [n for n, _ in b]
         np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
@@ -117,21 +121,21 @@ def test_bad_inputs_get_clear_errors(run, tmp_path):
     model_dir, images, _ = run
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    with pytest.raises(predict.PredictError, match="notes.jpg is not an image"):
-        predict.predict_run(str(model_dir), [str(text)])
-    with pytest.raises(predict.PredictError, match="no such file"):
-        predict.predict_run(str(model_dir), [str(tmp_path / "missing.png")])
-    with pytest.raises(predict.PredictError, match="neither a SavedModel"):
-        predict.predict_export(str(tmp_path), [str(next(images.rglob("*.png")))])
-    with pytest.raises(export.ExportError, match="does not exist"):
-        evaluate.evaluate_run(str(tmp_path / "no_run"))
-    train.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
-    with pytest.raises(export.ExportError, match="has no checkpoint"):
-        evaluate.evaluate_run(str(tmp_path / "fresh"))
-    with pytest.raises(export.ExportError, match="has no checkpoint"):
+    with pytest.raises(predict_lib.PredictError, match="notes.jpg is not an image"):
+        predict_lib.predict_run(str(model_dir), [str(text)])
+    with pytest.raises(predict_lib.PredictError, match="no such file"):
+        predict_lib.predict_run(str(model_dir), [str(tmp_path / "missing.png")])
+    with pytest.raises(predict_lib.PredictError, match="neither a SavedModel"):
+        predict_lib.predict_export(str(tmp_path), [str(next(images.rglob("*.png")))])
+    with pytest.raises(run_dir.RunDirError, match="does not exist"):
+        evaluation_lib.evaluate_run(str(tmp_path / "no_run"))
+    run_dir.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
+    with pytest.raises(run_dir.RunDirError, match="has no checkpoint"):
+        evaluation_lib.evaluate_run(str(tmp_path / "fresh"))
+    with pytest.raises(run_dir.RunDirError, match="has no checkpoint"):
         tfsd.restore(str(tmp_path / "fresh"))
     with pytest.raises(ValueError, match="split"):
-        evaluate.evaluate_run(str(model_dir), split="test", output_dir=str(tmp_path / "x"))
+        evaluation_lib.evaluate_run(str(model_dir), split="test", output_dir=str(tmp_path / "x"))
 
 
 @pytest.mark.slow

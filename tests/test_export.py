@@ -23,7 +23,14 @@ from google.protobuf import text_format
 
 from tests.helpers import randomize_batchnorm, tiny_config
 from tfsd import data as data_lib
-from tfsd import export, models, train
+from tfsd import models
+from tfsd.serving import publish as publish_lib
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import signatures as signatures_lib
+from tfsd.serving import warmup as warmup_lib
+from tfsd.training import loop as loop_lib
+from tfsd.training import run_dir
+from tfsd.training import task as task_lib
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -78,11 +85,11 @@ def exported(tmp_path_factory):
     for variant in VARIANTS:
         model, preprocess = _build(variant)
         base = tmp_path_factory.mktemp(variant)
-        path = export.export_saved_model(
+        path = saved_model_lib.export_saved_model(
             model, str(base), preprocess=preprocess, class_names=NAMES,
             sample_images=_images(), model_name=variant,
         )  # fmt: skip
-        out[variant] = (model, export.preprocess_fn(preprocess, SIZE), path)
+        out[variant] = (model, signatures_lib.preprocess_fn(preprocess, SIZE), path)
     return out
 
 
@@ -118,8 +125,8 @@ def test_saved_model_matches_keras_through_every_signature_in_fresh_process(
 ):
     model, preprocess, path = exported[variant]
     images = _images(5, seed=3)
-    blobs = export.encode_jpeg(images)
-    examples = [export.image_example(b) for b in blobs]
+    blobs = warmup_lib.encode_jpeg(images)
+    examples = [warmup_lib.image_example(b) for b in blobs]
     np.savez(
         tmp_path / "in.npz", images=images.astype(np.float32),
         image_bytes=np.array(blobs, dtype=object), examples=np.array(examples, dtype=object),
@@ -138,7 +145,7 @@ def test_saved_model_matches_keras_through_every_signature_in_fresh_process(
     }
     expected["serving_examples"] = expected["serving_bytes"]
     for sig, logits in expected.items():
-        assert export.relative_error(out[f"{sig}/logits"], logits) <= 1e-5, sig
+        assert saved_model_lib.relative_error(out[f"{sig}/logits"], logits) <= 1e-5, sig
         probs = tf.nn.softmax(logits).numpy()
         np.testing.assert_allclose(out[f"{sig}/probabilities"], probs, rtol=1e-4, atol=1e-6)
         top = np.argsort(-probs, axis=1)[:, :5]
@@ -220,10 +227,10 @@ def test_exported_graph_has_no_random_op_and_folding_removes_every_multiply(expo
     plain, _ = _build("resnet", survival_prob=1.0)
     paths = {
         "folded": exported["resnet"][2],
-        "unfolded": export.export_saved_model(
+        "unfolded": saved_model_lib.export_saved_model(
             model, str(tmp_path / "u"), preprocess=preprocess, fold=False, sample_images=_images()
         ),
-        "plain": export.export_saved_model(
+        "plain": saved_model_lib.export_saved_model(
             plain, str(tmp_path / "p"), preprocess=preprocess, sample_images=_images()
         ),
     }
@@ -240,7 +247,7 @@ def test_warmup_records_are_prediction_logs_that_replay(exported):
     from tensorflow_serving.apis import prediction_log_pb2
 
     model, preprocess, path = exported["effnet"]
-    records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(os.path.join(path, warmup_lib.WARMUP_FILE)))
     assert 0 < len(records) <= 1000
     loaded = tf.saved_model.load(path)
     seen = set()
@@ -251,7 +258,7 @@ def test_warmup_records_are_prediction_logs_that_replay(exported):
         assert request.model_spec.name == "effnet"
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         (key, value), = inputs.items()  # fmt: skip
-        assert key == export.INPUT_KEYS[sig]
+        assert key == signatures_lib.INPUT_KEYS[sig]
         seen.add((sig, len(value)))
         if sig == "serving_bytes":  # representative content: real decodable images, not zeros
             decoded = tf.io.decode_jpeg(value[0]).numpy()
@@ -264,8 +271,8 @@ def test_warmup_records_are_prediction_logs_that_replay(exported):
             blobs = [tf.io.parse_single_example(e, {"image/encoded": tf.io.FixedLenFeature(
                 [], tf.string)})["image/encoded"].numpy() for e in value]  # fmt: skip
         ref = _reference(model, preprocess, images=value if blobs is None else None, blobs=blobs)
-        assert export.relative_error(out["logits"], ref) <= 1e-5, sig
-    assert seen == {(s, n) for s in export.SIGNATURES for n in (1, 8)}
+        assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5, sig
+    assert seen == {(s, n) for s in signatures_lib.SIGNATURES for n in (1, 8)}
 
 
 def _rest_to_tensor(body: str) -> tf.Tensor:
@@ -306,16 +313,16 @@ def test_rest_b64_body_through_serving_bytes_matches_serving_default(exported, v
     np.testing.assert_array_equal(by_bytes["classes"][:, 0], by_images["classes"][:, 0])
     # PNG decodes identically everywhere; JPEG decoders may differ by a grey level or so.
     png = [i for i, f in enumerate(files) if f.endswith(".png")]
-    err = export.relative_error(
+    err = saved_model_lib.relative_error(
         tf.gather(by_bytes["logits"], png), tf.gather(by_images["logits"], png)
     )
     assert err <= 1e-5
-    assert export.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
+    assert saved_model_lib.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
 
 
 def test_undecodable_input_is_invalid_argument(exported):
     loaded = tf.saved_model.load(exported["effnet"][2])
-    png = export.encode_jpeg(_images(1))[0]
+    png = warmup_lib.encode_jpeg(_images(1))[0]
     with pytest.raises(tf.errors.InvalidArgumentError):
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([png, b"not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -337,13 +344,15 @@ def test_versions_are_distinct_and_never_overwritten(tmp_path):
     model, preprocess = _build("resnet")
     base = str(tmp_path / "base")
     kw = dict(preprocess=preprocess, sample_images=_images())
-    assert export.export_saved_model(model, base, **kw) == os.path.join(base, "1")
-    assert export.export_saved_model(model, base, **kw) == os.path.join(base, "2")
-    assert export.export_saved_model(model, base, version=7, **kw) == os.path.join(base, "7")
-    assert export.existing_versions(base) == [1, 2, 7]
+    assert saved_model_lib.export_saved_model(model, base, **kw) == os.path.join(base, "1")
+    assert saved_model_lib.export_saved_model(model, base, **kw) == os.path.join(base, "2")
+    assert saved_model_lib.export_saved_model(model, base, version=7, **kw) == os.path.join(
+        base, "7"
+    )
+    assert publish_lib.existing_versions(base) == [1, 2, 7]
     before = _snapshot(base)
-    with pytest.raises(export.ExportError, match="Version 2 already exists"):
-        export.export_saved_model(model, base, version=2, **kw)
+    with pytest.raises(publish_lib.ExportError, match="Version 2 already exists"):
+        saved_model_lib.export_saved_model(model, base, version=2, **kw)
     assert _snapshot(base) == before
     # models.config is a ModelServerConfig naming the model and its container path.
     from tensorflow_serving.config import model_server_config_pb2
@@ -362,7 +371,7 @@ def test_failure_before_rename_leaves_base_exactly_as_it_was(tmp_path, monkeypat
     model, preprocess = _build("resnet")
     base = str(tmp_path / "base")
     kw = dict(preprocess=preprocess, sample_images=_images())
-    export.export_saved_model(model, base, **kw)
+    saved_model_lib.export_saved_model(model, base, **kw)
     before = _snapshot(base)
     written = []
 
@@ -370,9 +379,12 @@ def test_failure_before_rename_leaves_base_exactly_as_it_was(tmp_path, monkeypat
         written.append(sorted(os.listdir(path)))  # the temporary export was really written
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(export, "_publish" if where == "publish" else "verify_export", fail)
+    if where == "publish":
+        monkeypatch.setattr(publish_lib, "publish_dir", fail)
+    else:
+        monkeypatch.setattr(saved_model_lib, "verify_export", fail)
     with pytest.raises(RuntimeError, match="injected failure"):
-        export.export_saved_model(model, base, **kw)
+        saved_model_lib.export_saved_model(model, base, **kw)
     assert "saved_model.pb" in written[0]
     assert _snapshot(base) == before  # no new entry, no temporary left, version 1 byte-identical
 
@@ -389,44 +401,48 @@ def test_fold_check_refuses_to_publish_a_wrong_fold(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "fold_stochastic_depth", bad_fold)
     base = tmp_path / "base"
-    with pytest.raises(export.ExportError, match="folded model differs"):
-        export.export_saved_model(model, str(base), preprocess=preprocess, sample_images=_images())
-    assert not base.exists() or export.existing_versions(str(base)) == []
+    with pytest.raises(publish_lib.ExportError, match="folded model differs"):
+        saved_model_lib.export_saved_model(
+            model, str(base), preprocess=preprocess, sample_images=_images()
+        )
+    assert not base.exists() or publish_lib.existing_versions(str(base)) == []
 
 
 def test_bad_arguments_get_clear_errors(tmp_path):
     model, preprocess = _build("resnet")
     base = str(tmp_path / "b")
     with pytest.raises(ValueError, match="version must be a positive integer"):
-        export.export_saved_model(model, base, version=0, preprocess=preprocess)
+        saved_model_lib.export_saved_model(model, base, version=0, preprocess=preprocess)
     with pytest.raises(ValueError, match="3 class names for a model with 10 outputs"):
-        export.export_saved_model(model, base, class_names=["a", "b", "c"], preprocess=preprocess)
+        saved_model_lib.export_saved_model(
+            model, base, class_names=["a", "b", "c"], preprocess=preprocess
+        )
     with pytest.raises(ValueError, match="preprocess must be"):
-        export.export_saved_model(model, base, preprocess="bilinear")
+        saved_model_lib.export_saved_model(model, base, preprocess="bilinear")
     dynamic = models.create_model(
         "cifar_resnet20", num_classes=10, input_shape=(None, None, 3), width=0.25
     )
     with pytest.raises(ValueError, match="fixed H and W"):
-        export.export_saved_model(dynamic, base)
+        saved_model_lib.export_saved_model(dynamic, base)
     Path(tmp_path, "file").write_text("x")
-    with pytest.raises(export.ExportError, match="not a directory"):
-        export.export_saved_model(model, str(tmp_path / "file"), preprocess=preprocess)
-    with pytest.raises(export.ExportError, match="does not exist"):
-        export.export_keras_file(str(tmp_path / "missing.keras"), base)
-    assert export.existing_versions(base) == []
+    with pytest.raises(publish_lib.ExportError, match="not a directory"):
+        saved_model_lib.export_saved_model(model, str(tmp_path / "file"), preprocess=preprocess)
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_keras_file(str(tmp_path / "missing.keras"), base)
+    assert publish_lib.existing_versions(base) == []
 
 
 def test_keras_file_export_matches_the_saved_model(tmp_path):
     model, preprocess = _build("effnet")
     model.save(tmp_path / "m.keras")
-    path = export.export_keras_file(
+    path = saved_model_lib.export_keras_file(
         str(tmp_path / "m.keras"), str(tmp_path / "base"), preprocess=preprocess,
         sample_images=_images(),
     )  # fmt: skip
     images = _images(3, seed=4)
     out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     ref = _reference(model, None, images=images)
-    assert export.relative_error(out["logits"], ref) <= 1e-5
+    assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5
     assert "class_names" not in out  # no names were given
 
 
@@ -436,15 +452,15 @@ def test_keras_file_export_matches_the_saved_model(tmp_path):
 
 
 def _tiny_run(model_dir, **changes):
-    return train.train_and_evaluate(tiny_config(**changes), str(model_dir))
+    return loop_lib.train_and_evaluate(tiny_config(**changes), str(model_dir))
 
 
 def test_restore_run_uses_ema_when_present_and_raw_on_request(tmp_path):
     _tiny_run(tmp_path, ema_decay=0.5, total_steps=4)
-    ema_model, config, _, ckpt = export.restore_run(str(tmp_path))
-    raw_model, *_ = export.restore_run(str(tmp_path), weights="raw")
+    ema_model, config, _, ckpt = run_dir.restore_run(str(tmp_path))
+    raw_model, *_ = run_dir.restore_run(str(tmp_path), weights="raw")
     reader = tf.train.load_checkpoint(ckpt)
-    ema = train.EMA(ema_model, 0.5)
+    ema = task_lib.EMA(ema_model, 0.5)
     for i, source in enumerate(ema.sources):
         np.testing.assert_array_equal(
             source.numpy(), reader.get_tensor(f"ema/{i}/.ATTRIBUTES/VARIABLE_VALUE")
@@ -455,36 +471,38 @@ def test_restore_run_uses_ema_when_present_and_raw_on_request(tmp_path):
     ]
     assert any(differ)  # EMA and raw weights really are different sets
     _tiny_run(tmp_path / "no_ema", total_steps=2)
-    with pytest.raises(export.ExportError, match="kept no EMA weights"):
-        export.restore_run(str(tmp_path / "no_ema"), weights="ema")
+    with pytest.raises(run_dir.RunDirError, match="kept no EMA weights"):
+        run_dir.restore_run(str(tmp_path / "no_ema"), weights="ema")
 
 
 def test_run_errors_are_clear_and_write_nothing(tmp_path):
     base = tmp_path / "exports"
-    with pytest.raises(export.ExportError, match="does not exist"):
-        export.export_run(str(tmp_path / "nope"), str(base))
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_run(str(tmp_path / "nope"), str(base))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(export.ExportError, match="no config.json"):
-        export.export_run(str(tmp_path / "empty"), str(base))
-    train.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
-    with pytest.raises(export.ExportError, match="has no checkpoint"):
-        export.export_run(str(tmp_path / "fresh"), str(base))
+    with pytest.raises(publish_lib.ExportError, match="no config.json"):
+        saved_model_lib.export_run(str(tmp_path / "empty"), str(base))
+    run_dir.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
+    with pytest.raises(publish_lib.ExportError, match="has no checkpoint"):
+        saved_model_lib.export_run(str(tmp_path / "fresh"), str(base))
     run = tmp_path / "run"
     _tiny_run(run, total_steps=2)
-    with pytest.raises(export.ExportError, match="does not exist"):
-        export.export_run(str(run), str(base), checkpoint=str(run / "checkpoints" / "ckpt-99"))
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_run(
+            str(run), str(base), checkpoint=str(run / "checkpoints" / "ckpt-99")
+        )
     (run / "no_checkpoints").mkdir()
-    with pytest.raises(export.ExportError, match="holds no checkpoint"):
-        export.export_run(str(run), str(base), checkpoint=str(run / "no_checkpoints"))
+    with pytest.raises(publish_lib.ExportError, match="holds no checkpoint"):
+        saved_model_lib.export_run(str(run), str(base), checkpoint=str(run / "no_checkpoints"))
     # A checkpoint directory means its latest checkpoint.
-    model, *_, used = export.restore_run(str(run), checkpoint=str(run / "checkpoints"))
+    model, *_, used = run_dir.restore_run(str(run), checkpoint=str(run / "checkpoints"))
     assert used == tf.train.latest_checkpoint(str(run / "checkpoints"))
     # A checkpoint of another architecture: widen the model in the run's config.
     config = json.loads((run / "config.json").read_text())
     config["model"]["overrides"]["width"] = 0.5
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(export.ExportError, match="does not match the model"):
-        export.export_run(str(run), str(base))
+    with pytest.raises(publish_lib.ExportError, match="does not match the model"):
+        saved_model_lib.export_run(str(run), str(base))
     assert not base.exists()
 
 
@@ -511,7 +529,7 @@ def test_cli_train_then_export_twice(tmp_path):
         **kw,
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert export.existing_versions(str(base)) == [1, 2]
+    assert publish_lib.existing_versions(str(base)) == [1, 2]
     assert sorted(os.listdir(base)) == ["1", "2", "models.config"]
     bad = subprocess.run(
         [sys.executable, "-m", "tfsd.export", f"--model_dir={run}", f"--export_dir={base}",
@@ -524,7 +542,7 @@ def test_cli_train_then_export_twice(tmp_path):
         tf.saved_model.load(str(base / v)).signatures["serving_default"](images=x)["logits"]
         for v in ("1", "2")
     )
-    assert export.relative_error(a, b) <= 1e-5
+    assert saved_model_lib.relative_error(a, b) <= 1e-5
 
 
 def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
@@ -533,7 +551,7 @@ def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
     """The gs:// path (rename is a copy), run on the local file system."""
     model, preprocess = _build("resnet")
     base = tmp_path / "bucket"
-    monkeypatch.setattr(export, "_is_local", lambda path: False)
+    monkeypatch.setattr(publish_lib, "is_local", lambda path: False)
     copied = []
     real_copy = tf.io.gfile.copy
 
@@ -543,11 +561,11 @@ def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
 
     monkeypatch.setattr(tf.io.gfile, "copy", recording_copy)
     kw = dict(preprocess=preprocess, sample_images=_images())
-    path = export.export_saved_model(model, str(base), **kw)
+    path = saved_model_lib.export_saved_model(model, str(base), **kw)
     assert copied[-1] == os.path.join("1", "saved_model.pb")
-    assert os.path.join("1", export.WARMUP_FILE) in copied
+    assert os.path.join("1", warmup_lib.WARMUP_FILE) in copied
     assert any(c.startswith(os.path.join("1", "variables")) for c in copied)
-    assert export.verify_export(path)  # the copy is a complete, loadable SavedModel
+    assert saved_model_lib.verify_export(path)  # the copy is a complete, loadable SavedModel
     before = _snapshot(base)
 
     def failing_copy(src, dst, overwrite=False):
@@ -557,7 +575,7 @@ def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
 
     monkeypatch.setattr(tf.io.gfile, "copy", failing_copy)
     with pytest.raises(tf.errors.UnavailableError):
-        export.export_saved_model(model, str(base), **kw)
+        saved_model_lib.export_saved_model(model, str(base), **kw)
     assert _snapshot(base) == before  # no partial version 2, no temporary directory
 
 
@@ -566,8 +584,8 @@ def test_a_version_published_meanwhile_is_never_overwritten(tmp_path, monkeypatc
     model, preprocess = _build("resnet")
     base = tmp_path / "base"
     kw = dict(preprocess=preprocess, sample_images=_images())
-    export.export_saved_model(model, str(base), **kw)  # version 1
-    real_publish = export._publish
+    saved_model_lib.export_saved_model(model, str(base), **kw)  # version 1
+    real_publish = publish_lib.publish_dir
     raced = []
 
     def racing_publish(tmp_dir, final_dir):
@@ -577,29 +595,29 @@ def test_a_version_published_meanwhile_is_never_overwritten(tmp_path, monkeypatc
             Path(final_dir, "saved_model.pb").write_bytes(b"someone else's")
         return real_publish(tmp_dir, final_dir)
 
-    monkeypatch.setattr(export, "_publish", racing_publish)
-    path = export.export_saved_model(model, str(base), **kw)
+    monkeypatch.setattr(publish_lib, "publish_dir", racing_publish)
+    path = saved_model_lib.export_saved_model(model, str(base), **kw)
     assert raced == [str(base / "2")] and path == str(base / "3")
     assert Path(base, "2", "saved_model.pb").read_bytes() == b"someone else's"
-    assert export.verify_export(path)
+    assert saved_model_lib.verify_export(path)
     # A given version that appears meanwhile fails instead.
     raced.clear()
-    with pytest.raises(export.VersionTakenError):
-        export.export_saved_model(model, str(base), version=9, **kw)
+    with pytest.raises(publish_lib.VersionTakenError):
+        saved_model_lib.export_saved_model(model, str(base), version=9, **kw)
     assert Path(base, "9", "saved_model.pb").read_bytes() == b"someone else's"
 
 
 def test_models_config_is_written_once_and_never_replaced(tmp_path):
     base = tmp_path / "base"
-    path = Path(export.write_models_config(str(base), "cifar"))
+    path = Path(publish_lib.write_models_config(str(base), "cifar"))
     first = path.read_text()
     assert 'name: "cifar"' in first
-    assert Path(export.write_models_config(str(base), "cifar")).read_text() == first
+    assert Path(publish_lib.write_models_config(str(base), "cifar")).read_text() == first
     # An operator's edit (a version policy) survives later exports.
     edited = first.replace('model_platform: "tensorflow"',
                            'model_platform: "tensorflow"\n    model_version_policy { latest { '
                            "num_versions: 2 } }")  # fmt: skip
     path.write_text(edited)
-    export.write_models_config(str(base), "other_name")
+    publish_lib.write_models_config(str(base), "other_name")
     assert path.read_text() == edited
     assert sorted(os.listdir(base)) == ["models.config"]  # no temporary file left

@@ -6,8 +6,12 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import apply_changes, randomize_batchnorm, tiny_config, write_image_folder
+from tfsd import config_names, models
 from tfsd import data as data_lib
-from tfsd import evaluate, export, models, train
+from tfsd.training import evaluation as evaluation_lib
+from tfsd.training import finetune, run_dir
+from tfsd.training import loop as loop_lib
+from tfsd.training import task as task_lib
 
 SIZE = 32
 
@@ -40,7 +44,7 @@ def source(tmp_path_factory):
 
 
 def _config(path, images, **changes):
-    c = train.load_config("finetune_efficientnet_b0")
+    c = config_names.load_config("finetune_efficientnet_b0")
     c.model.image_size = SIZE
     c.data.name = f"folder:{images}"
     c.data.folder_eval_fraction = 0.25
@@ -62,8 +66,8 @@ def test_imported_weights_give_the_source_models_outputs(source, tmp_path):
     path = tmp_path / "random_bn.weights.h5"
     src.save_weights(str(path))
     c = _config(path, "/unused")
-    model = train.build_model(c, num_classes=3)
-    loaded = train.initialize_from(c, model)
+    model = task_lib.build_model(c, num_classes=3)
+    loaded = finetune.initialize_from(c, model)
     assert "predictions" in loaded and "stem_conv" in loaded
     x = tf.random.stateless_uniform([4, SIZE, SIZE, 3], [1, 2], maxval=255.0)
     np.testing.assert_allclose(
@@ -77,15 +81,17 @@ def test_finetuning_freezes_the_backbone_first_and_imports_only_on_a_fresh_run(
 ):
     src, path, images = source
     calls = []
-    real = train.initialize_from
-    monkeypatch.setattr(train, "initialize_from", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = finetune.initialize_from
+    monkeypatch.setattr(
+        finetune, "initialize_from", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     c = _config(path, images, **{"init.skip": "predictions", "init.freeze_steps": 5})
     c.lr.base = 0.05
     c.total_steps = 5
-    train.train_and_evaluate(c, str(tmp_path))
+    loop_lib.train_and_evaluate(c, str(tmp_path))
     # After the frozen warm-up only the new head moved: the backbone is still the source's.
-    model = train.build_model(c, num_classes=3)
-    start = train.build_model(c, num_classes=3)
+    model = task_lib.build_model(c, num_classes=3)
+    start = task_lib.build_model(c, num_classes=3)
     real(c, start)
     assert len(calls) == 1  # the fresh run imported once
     tf.train.Checkpoint(model=model).restore(
@@ -97,7 +103,7 @@ def test_finetuning_freezes_the_backbone_first_and_imports_only_on_a_fresh_run(
     # Resume to 10 steps: the run continues from its checkpoint, no second import, and after
     # the warm-up the backbone trains too.
     c.total_steps = 10
-    train.train_and_evaluate(c, str(tmp_path))
+    loop_lib.train_and_evaluate(c, str(tmp_path))
     tf.train.Checkpoint(model=model).restore(
         str(tmp_path / "checkpoints" / "ckpt-10")
     ).expect_partial()
@@ -108,26 +114,26 @@ def test_finetuning_freezes_the_backbone_first_and_imports_only_on_a_fresh_run(
 
 def test_init_from_another_run_and_clear_errors(tmp_path):
     first = tiny_config(total_steps=2)
-    train.train_and_evaluate(first, str(tmp_path / "a"))
+    loop_lib.train_and_evaluate(first, str(tmp_path / "a"))
     c = tiny_config(total_steps=2)
     c.init.source = str(tmp_path / "a")
-    model = train.build_model(c, num_classes=10)
-    train.initialize_from(c, model)
-    restored, *_ = export.restore_run(str(tmp_path / "a"))
+    model = task_lib.build_model(c, num_classes=10)
+    finetune.initialize_from(c, model)
+    restored, *_ = run_dir.restore_run(str(tmp_path / "a"))
     for a, b in zip(model.weights, restored.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # A 5-class model: the head differs and must be skipped.
     with pytest.raises(ValueError, match="predictions/kernel: source"):
-        train.initialize_from(c, train.build_model(c, num_classes=5))
+        finetune.initialize_from(c, task_lib.build_model(c, num_classes=5))
     c.init.skip = "predictions"
-    train.initialize_from(c, train.build_model(c, num_classes=5))
+    finetune.initialize_from(c, task_lib.build_model(c, num_classes=5))
     c.init.source = str(tmp_path / "missing.h5")
     with pytest.raises(FileNotFoundError, match="missing.h5 does not exist"):
-        train.initialize_from(c, model)
+        finetune.initialize_from(c, model)
     (tmp_path / "w.txt").write_text("x")
     c.init.source = str(tmp_path / "w.txt")
     with pytest.raises(ValueError, match="is not a run directory"):
-        train.initialize_from(c, model)
+        finetune.initialize_from(c, model)
     assert models  # the importers live in tfsd.models
 
 
@@ -171,7 +177,7 @@ def _recalibrated_inference_accuracy(model, calibration, eval_ds):
     model(calibration, training=True)
     for layer, momentum in norms:
         layer.momentum = momentum
-    return evaluate.evaluate_model(model, eval_ds, 3)["top1"]
+    return evaluation_lib.evaluate_model(model, eval_ds, 3)["top1"]
 
 
 @pytest.mark.slow
@@ -212,11 +218,11 @@ def test_finetuning_raises_eval_accuracy(source, tmp_path):
                                             image_size=SIZE)))  # fmt: skip
     y = np.asarray(y).reshape(len(x), -1)
     y = y.argmax(-1) if y.shape[1] > 1 else y[:, 0]
-    before = train.build_model(c, num_classes=3)
-    train.initialize_from(c, before)
+    before = task_lib.build_model(c, num_classes=3)
+    finetune.initialize_from(c, before)
     acc_before = _batch_statistics_accuracy(before, x, y)
-    train.train_and_evaluate(c, str(tmp_path))
-    after, *_ = export.restore_run(str(tmp_path), weights="raw")
+    loop_lib.train_and_evaluate(c, str(tmp_path))
+    after, *_ = run_dir.restore_run(str(tmp_path), weights="raw")
     acc_after = _batch_statistics_accuracy(after, x, y)
     # Inference mode with statistics re-estimated on 597 further images of the same generator
     # (a "pretrained" network's statistics come from a large sample of its domain).
@@ -227,9 +233,9 @@ def test_finetuning_raises_eval_accuracy(source, tmp_path):
                                              image_size=SIZE)))[0]  # fmt: skip
     eval_ds = data_lib.build_dataset(eval_c, split="eval", global_batch_size=64, image_size=SIZE)
     inf_before = _recalibrated_inference_accuracy(before, cal_x, eval_ds)
-    after, *_ = export.restore_run(str(tmp_path), weights="raw")
+    after, *_ = run_dir.restore_run(str(tmp_path), weights="raw")
     inf_after = _recalibrated_inference_accuracy(after, cal_x, eval_ds)
-    plain = evaluate.evaluate_run(str(tmp_path), weights="raw")["top1"]
+    plain = evaluation_lib.evaluate_run(str(tmp_path), weights="raw")["top1"]
     print(f"tfsd.evaluate on the run (its moving statistics): top-1 {plain:.3f}")
     print(
         f"eval images {len(y)}, top-1 before {acc_before:.3f}, after {acc_after:.3f} (batch "

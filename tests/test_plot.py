@@ -9,8 +9,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import tiny_config
-from tfsd import export, plot, train
+from tfsd import config_names
 from tfsd import layers as sd_layers
+from tfsd.training import loop as loop_lib
+from tfsd.training import plots as plots_lib
+from tfsd.training import run_dir
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +21,7 @@ def run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("plot_run")
     c = tiny_config(total_steps=6, eval_every_steps=2)
     c.model.survival_prob = 0.5
-    train.train_and_evaluate(c, str(model_dir))
+    loop_lib.train_and_evaluate(c, str(model_dir))
     return model_dir
 
 
@@ -31,14 +34,14 @@ def _reference(log_dir, tag):
 
 
 def test_plots_exist_decode_and_show_the_runs_summaries(run, tmp_path):
-    written = plot.plot_run(str(run), str(tmp_path))
+    written = plots_lib.plot_run(str(run), str(tmp_path))
     assert sorted(written) == ["curves", "effective_depth", "keep_rates", "survival_schedule"]
     for path, _ in written.values():
         image = tf.io.decode_png(tf.io.read_file(path))
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.shape[2] in (3, 4)
         assert int(tf.reduce_max(image)) > int(tf.reduce_min(image))  # not a blank canvas
     # Survival schedule: the model's own per-block probabilities (linear rule down to 0.5).
-    model, *_ = export.restore_run(str(run), weights="raw")
+    model, *_ = run_dir.restore_run(str(run), weights="raw")
     survival = [lay.survival_prob for lay in sd_layers.stochastic_depth_layers(model)]
     line = written["survival_schedule"][1].axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), survival)
@@ -92,7 +95,7 @@ def test_cli_writes_the_pngs_and_refuses_a_missing_run(run, tmp_path):
 def test_config_mode_plots_a_schedule_without_training(tmp_path):
     """``--config=NAME`` builds the config's model (no run, no dataset) and plots its schedule:
     cifar_resnet110's 54 blocks on the paper's linear rule p_l = 1 - l / 54 * (1 - 0.5)."""
-    written = plot.plot_config(train.load_config("cifar10_resnet110"), str(tmp_path))
+    written = plots_lib.plot_config(config_names.load_config("cifar10_resnet110"), str(tmp_path))
     path, fig = written["survival_schedule"]
     assert path == str(tmp_path / "survival_schedule_cifar_resnet110.png")
     assert tf.io.decode_png(tf.io.read_file(path)).shape[0] > 100

@@ -16,7 +16,10 @@ import yaml
 
 from tests.helpers import randomize_batchnorm
 from tests.serving_emulator import ServingEmulator
-from tfsd import export, models
+from tfsd import models
+from tfsd.serving import publish as publish_lib
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import warmup as warmup_lib
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["airplane", "automobile", "bird", "cat", "deer"]
@@ -40,7 +43,9 @@ def served(tmp_path_factory):
     )  # fmt: skip
     randomize_batchnorm(model)
     base = tmp_path_factory.mktemp("tiny")
-    path = export.export_saved_model(model, str(base), class_names=NAMES, model_name="tiny")
+    path = saved_model_lib.export_saved_model(
+        model, str(base), class_names=NAMES, model_name="tiny"
+    )
     with ServingEmulator(path, "tiny") as server:
         yield server, path
 
@@ -120,7 +125,7 @@ def test_deployment_files_agree_with_the_export(tmp_path):
         assert (REPO / "export" / local).is_file(), local  # relative to the compose file
     # The model mount is where models.config (as tfsd.export writes it) says the base is.
     assert mounts["/models/${MODEL_NAME:?set MODEL_NAME}"].startswith("${EXPORT_BASE:?")
-    config = export.write_models_config(str(tmp_path), "cifar")
+    config = publish_lib.write_models_config(str(tmp_path), "cifar")
     assert 'base_path: "/models/cifar"' in Path(config).read_text()
     # Text protos: the fields the server's parsers know (BatchingParameters, MonitoringConfig).
     batching = (REPO / "export" / "batching_parameters.txt").read_text()
@@ -129,6 +134,6 @@ def test_deployment_files_agree_with_the_export(tmp_path):
         "max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
     }  # fmt: skip
     # Warm-up batches fit the batching limit.
-    assert max(export.WARMUP_BATCH_SIZES) <= int(dict(fields)["max_batch_size"])
+    assert max(warmup_lib.WARMUP_BATCH_SIZES) <= int(dict(fields)["max_batch_size"])
     monitoring = (REPO / "export" / "monitoring.config").read_text()
     assert "prometheus_config {" in monitoring and "enable: true" in monitoring

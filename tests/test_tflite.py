@@ -23,7 +23,9 @@ import pytest
 import tensorflow as tf
 
 from tfsd import data as data_lib
-from tfsd import export, models, tflite
+from tfsd import models
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import tflite_convert, tflite_export, tflite_fallback, tflite_verify
 
 SIZE = 32
 CALIBRATION = 100
@@ -42,12 +44,14 @@ VARIANTS = {
 }
 
 
-def _eval_data() -> tflite.EvalData:
+def _eval_data() -> tflite_verify.EvalData:
     ds = data_lib.build_dataset(
         DATA, split="eval", global_batch_size=CALIBRATION + VERIFY, image_size=SIZE
     )
     x, y = (t.numpy() for t in next(iter(ds)))
-    return tflite.EvalData(x[:CALIBRATION], x[CALIBRATION:], y[CALIBRATION:], "synthetic eval")
+    return tflite_verify.EvalData(
+        x[:CALIBRATION], x[CALIBRATION:], y[CALIBRATION:], "synthetic eval"
+    )
 
 
 def _train_and_export(variant: str, base: Path) -> str:
@@ -68,7 +72,7 @@ def _train_and_export(variant: str, base: Path) -> str:
     )
     train = data_lib.build_dataset(DATA, split="train", global_batch_size=batch, image_size=SIZE)
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
-    return export.export_saved_model(
+    return saved_model_lib.export_saved_model(
         model, str(base), preprocess="none", sample_images=_eval_data().verification[:8]
     )
 
@@ -116,7 +120,7 @@ def serving(tmp_path_factory):
 
     def get(variant):
         if variant not in _CACHE:
-            _CACHE[variant] = tflite.ServingModel(_trained(variant, tmp_path_factory))
+            _CACHE[variant] = tflite_convert.ServingModel(_trained(variant, tmp_path_factory))
         return _CACHE[variant]
 
     return get
@@ -131,17 +135,19 @@ def serving(tmp_path_factory):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_float_conversion_matches_saved_model(serving, data, variant):
     model = serving(variant)
-    content = tflite.convert(model, "none")
-    report = tflite.verify_tflite(content, model, data.verification, data.labels, latency_runs=5)
+    content = tflite_convert.convert(model, "none")
+    report = tflite_verify.verify_tflite(
+        content, model, data.verification, data.labels, latency_runs=5
+    )
     assert report["relative_logit_diff"] <= 1e-4, report["relative_logit_diff"]
     assert report["top1_agreement"] == 1.0
     assert report["input"] == {"dtype": "float32", "shape": [1, SIZE, SIZE, 3],
                                "quantization": [0.0, 0.0]}  # fmt: skip
     assert set(report["outputs"]) == {"logits", "probabilities"}
     assert report["num_float_ops"] == report["num_ops"] > 10
-    assert not any(n.startswith("Flex") or n in tflite.RANDOM_OPS for n in report["ops"])
+    assert not any(n.startswith("Flex") or n in tflite_convert.RANDOM_OPS for n in report["ops"])
     # Probabilities are the softmax of the logits, as in the SavedModel.
-    lite = tflite.LiteModel(content)
+    lite = tflite_verify.LiteModel(content)
     lite._feed(data.verification[0])
     lite.interpreter.invoke()
     np.testing.assert_allclose(
@@ -156,8 +162,8 @@ def test_float_conversion_matches_saved_model(serving, data, variant):
 )
 def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
     model = serving(variant)
-    content = tflite.convert(model, quantize)
-    report = tflite.verify_tflite(content, model, data.verification, latency_runs=5)
+    content = tflite_convert.convert(model, quantize)
+    report = tflite_verify.verify_tflite(content, model, data.verification, latency_runs=5)
     assert report["top1_agreement"] >= 0.99, report["top1_agreement"]
     assert report["images"] == VERIFY
     weights = {"float16": "DEQUANTIZE", "dynamic": "FULLY_CONNECTED"}
@@ -166,7 +172,7 @@ def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
     # Smaller than float (for a model this tiny the graph itself is a third of the file, so
     # the weights' 2x / 4x shows only in the benchmark's full-size models).
     if variant == "resnet":
-        assert report["size_bytes"] < 0.8 * len(tflite.convert(model, "none"))
+        assert report["size_bytes"] < 0.8 * len(tflite_convert.convert(model, "none"))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def test_float16_and_dynamic_range_agree(serving, data, variant, quantize):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["resnet", "lite"])
 def test_int8_agrees_for_resnet_and_lite(serving, data, variant):
-    content, report = tflite.int8_with_fallback(serving(variant), data, latency_runs=5)
+    content, report = tflite_fallback.int8_with_fallback(serving(variant), data, latency_runs=5)
     assert report["top1_agreement"] >= 0.98, report["top1_agreement"]
     assert report["num_float_ops"] == 0  # every compute op is integer
     assert report["fallback"]["mode"] == "none" and report["fallback"]["float_nodes"] == []
@@ -196,9 +202,9 @@ def test_uint8_io_takes_raw_pixels(serving, data):
     model = serving("resnet")
     calibration = data.calibration * 0.9 + 10.0  # pixels in [10, 240)
     assert calibration.min() >= 10.0 and calibration.max() < 240.0
-    calibrated = tflite.calibrate_int8(model, calibration)
-    content = tflite.quantize_int8(calibrated, int8_io=True)
-    lite = tflite.LiteModel(content)
+    calibrated = tflite_convert.calibrate_int8(model, calibration)
+    content = tflite_convert.quantize_int8(calibrated, int8_io=True)
+    lite = tflite_verify.LiteModel(content)
     assert lite.input["dtype"] == np.uint8
     assert lite.input["quantization"] == (1.0, 0)
     assert all(d["dtype"] == np.uint8 for d in lite.outputs.values())
@@ -214,7 +220,7 @@ def test_uint8_io_takes_raw_pixels(serving, data):
         top.append(np.argmax((q.astype(np.float32) - zero_point) * scale))
     reference = model.logits(pixels.astype(np.float32)).argmax(-1)
     assert np.mean(np.array(top) == reference) >= 0.98
-    report = tflite.verify_tflite(content, model, data.verification, latency_runs=5)
+    report = tflite_verify.verify_tflite(content, model, data.verification, latency_runs=5)
     assert report["input"]["quantization"] == [1.0, 0.0]
     assert report["top1_agreement"] >= 0.98
 
@@ -222,9 +228,9 @@ def test_uint8_io_takes_raw_pixels(serving, data):
 @pytest.mark.slow
 def test_efficientnet_int8_fallback_improves_or_meets_target(serving, data):
     model = serving("effnet")
-    plain, plain_report = tflite.int8_with_fallback(model, data, latency_runs=5)
+    plain, plain_report = tflite_fallback.int8_with_fallback(model, data, latency_runs=5)
     before = plain_report["top1_agreement"]
-    content, report = tflite.int8_with_fallback(
+    content, report = tflite_fallback.int8_with_fallback(
         model, data, fallback="auto", min_agreement=0.98, latency_runs=5
     )
     fb = report["fallback"]
@@ -241,17 +247,19 @@ def test_efficientnet_int8_fallback_improves_or_meets_target(serving, data):
     counts = [a["float_ops"] for a in fb["attempts"]]
     assert counts == sorted(counts) and counts[0] == 1
     assert fb["meets_min_agreement"] == (report["top1_agreement"] >= 0.98)
-    table = tflite.format_report(
+    table = tflite_export.format_report(
         {**report, "model": "m", "int8_io": False, "data": "d", "quantization": "int8"}
     )
     assert "ops kept in float" in table and fb["float_nodes"][0]["op"] in table
 
 
 def test_int8_needs_representative_data(serving, tmp_path):
-    with pytest.raises(tflite.TFLiteError, match="representative data"):
-        tflite.calibrate_int8(None, np.zeros([0, SIZE, SIZE, 3], np.float32))
-    with pytest.raises(tflite.TFLiteError, match="representative data"):
-        tflite.convert_and_verify(str(tmp_path / "sm"), str(tmp_path / "m.tflite"), quantize="int8")
+    with pytest.raises(tflite_convert.TFLiteError, match="representative data"):
+        tflite_convert.calibrate_int8(None, np.zeros([0, SIZE, SIZE, 3], np.float32))
+    with pytest.raises(tflite_convert.TFLiteError, match="representative data"):
+        tflite_export.convert_and_verify(
+            str(tmp_path / "sm"), str(tmp_path / "m.tflite"), quantize="int8"
+        )
     assert not (tmp_path / "m.tflite").exists()
 
 
@@ -273,15 +281,15 @@ def _module_saved_model(path, body):
 
 def test_op_outside_builtins_fails_with_its_name(tmp_path):
     path = _module_saved_model(tmp_path / "igamma", lambda x: tf.math.igamma(x + 1.0, x + 2.0))
-    with pytest.raises(tflite.TFLiteError, match=r"Igamma.*FlexIgamma.*builtin ops only"):
-        tflite.convert(tflite.ServingModel(path), "none")
+    with pytest.raises(tflite_convert.TFLiteError, match=r"Igamma.*FlexIgamma.*builtin ops only"):
+        tflite_convert.convert(tflite_convert.ServingModel(path), "none")
 
 
 def test_random_op_is_refused(tmp_path):
     """TFLite now has a builtin RandomUniform, so a training-mode gate converts: tfsd refuses."""
     path = _module_saved_model(tmp_path / "random", lambda x: x * tf.random.uniform(tf.shape(x)))
-    with pytest.raises(tflite.TFLiteError, match="RANDOM_UNIFORM"):
-        tflite.convert(tflite.ServingModel(path), "none")
+    with pytest.raises(tflite_convert.TFLiteError, match="RANDOM_UNIFORM"):
+        tflite_convert.convert(tflite_convert.ServingModel(path), "none")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -290,24 +298,24 @@ def test_random_op_is_refused(tmp_path):
 
 
 def test_missing_saved_model_and_unknown_quantization(tmp_path):
-    with pytest.raises(tflite.TFLiteError, match="No SavedModel"):
-        tflite.convert_and_verify(str(tmp_path / "nope"), str(tmp_path / "m.tflite"))
+    with pytest.raises(tflite_convert.TFLiteError, match="No SavedModel"):
+        tflite_export.convert_and_verify(str(tmp_path / "nope"), str(tmp_path / "m.tflite"))
     with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
-        tflite.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), quantize="int4")
+        tflite_export.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), quantize="int4")
     with pytest.raises(ValueError, match="int8_io needs"):
-        tflite.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), int8_io=True)
+        tflite_export.convert_and_verify(str(tmp_path), str(tmp_path / "m.tflite"), int8_io=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_output_is_never_overwritten(tmp_path):
     out = tmp_path / "m.tflite"
     out.write_bytes(b"precious")
-    with pytest.raises(tflite.TFLiteError, match="exists; pass --overwrite"):
-        tflite.convert_and_verify(str(tmp_path / "nope"), str(out))
-    with pytest.raises(tflite.TFLiteError, match="exists"):
-        tflite.write_atomic(str(out), b"new")
+    with pytest.raises(tflite_convert.TFLiteError, match="exists; pass --overwrite"):
+        tflite_export.convert_and_verify(str(tmp_path / "nope"), str(out))
+    with pytest.raises(tflite_convert.TFLiteError, match="exists"):
+        tflite_export.write_atomic(str(out), b"new")
     assert out.read_bytes() == b"precious"
-    tflite.write_atomic(str(out), b"new", overwrite=True)
+    tflite_export.write_atomic(str(out), b"new", overwrite=True)
     assert out.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]  # no temporary left
 
@@ -318,7 +326,7 @@ def test_eval_data_comes_from_the_run_and_is_disjoint(tmp_path):
 
     config = tiny_config()
     (tmp_path / "config.json").write_text(config.to_json())
-    got = tflite.load_eval_data(
+    got = tflite_verify.load_eval_data(
         image_size=16, model_dir=str(tmp_path), calibration_steps=20, verify_images=30
     )
     ds = data_lib.build_dataset(config.data, split="eval", global_batch_size=50, image_size=16)
@@ -329,8 +337,8 @@ def test_eval_data_comes_from_the_run_and_is_disjoint(tmp_path):
     distances = np.abs(got.calibration[:, None] - got.verification[None]).max((2, 3, 4))
     assert distances.min() > 1.0
     with pytest.raises(ValueError, match="must be disjoint"):
-        tflite.load_eval_data(image_size=16, model_dir=str(tmp_path), verify_images=10_000)
-    named = tflite.load_eval_data(
+        tflite_verify.load_eval_data(image_size=16, model_dir=str(tmp_path), verify_images=10_000)
+    named = tflite_verify.load_eval_data(
         image_size=16, representative_config="cifar10_resnet110:runlocal",
         calibration_steps=4, verify_images=4,
     )  # fmt: skip
@@ -363,7 +371,7 @@ def test_cli_int8_uint8_io_then_verify(serving, tmp_path):
     assert "cifar10_resnet110:runlocal" in report["data"]
     before = out.read_bytes()
     # --verify on the existing file (in process): same agreement, nothing rewritten.
-    again = tflite.convert_and_verify(
+    again = tflite_export.convert_and_verify(
         model.path, str(out), verify_only=True, verify_images=100,
         representative_config="cifar10_resnet110:runlocal", latency_runs=5,
     )  # fmt: skip

@@ -13,8 +13,14 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import apply_changes, tiny_config
-from tfsd import config_lib, models, train
+from tfsd import config_lib, config_names, models
 from tfsd import data as data_lib
+from tfsd import layers as sd_layers
+from tfsd.training import loop as loop_lib
+from tfsd.training import optim, run_dir
+from tfsd.training import step as step_lib
+from tfsd.training import summaries as summaries_lib
+from tfsd.training import task as task_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +54,7 @@ def _tiny_flags(model_dir, *extra):
 
 
 def test_every_config_resolves_and_validates():
-    names = train.available_configs()
+    names = config_names.available_configs()
     expected = {f"efficientnet_b{i}" for i in range(8)} | {
         "efficientnet_lite0", "resnet50", "resnet101", "resnet152",
         "cifar10_resnet110", "cifar100_resnet110", "svhn_resnet152",
@@ -56,19 +62,19 @@ def test_every_config_resolves_and_validates():
     assert expected <= set(names)
     for name in names:
         for spec in (name, f"{name}:runlocal"):
-            c = train.load_config(spec)
+            c = config_names.load_config(spec)
             config_lib.validate(c)
             assert c.model.name
-        assert train.load_config(f"{name}:runlocal").data.name == "synthetic"
-    path = train.resolve_config_path("efficientnet_b0:runlocal")
+        assert config_names.load_config(f"{name}:runlocal").data.name == "synthetic"
+    path = config_names.resolve_config_path("efficientnet_b0:runlocal")
     assert path.endswith("configs/efficientnet.py:b0,runlocal")  # the family file (see below)
 
 
 def test_unknown_config_names_close_matches():
     with pytest.raises(ValueError, match="cifar10_resnet110"):
-        train.resolve_config_path("cifar10_resnet11")
+        config_names.resolve_config_path("cifar10_resnet11")
     with pytest.raises(ValueError, match="runlocal"):
-        train.load_config("efficientnet_b0:fast")
+        config_names.load_config("efficientnet_b0:fast")
 
 
 # Native resolution of every EfficientNet variant: B0-B7 from Tan & Le 2019 (Table 1 scaling),
@@ -90,7 +96,7 @@ def test_available_configs_are_the_files_and_the_efficientnet_family_variants():
     files = {"cifar10_resnet110", "cifar100_resnet110", "svhn_resnet152", "resnet50",
              "resnet101", "resnet152", "finetune_efficientnet_b0"}  # fmt: skip
     family = {f"efficientnet_{v}" for v in EFFICIENTNET_RESOLUTIONS}
-    assert set(train.available_configs()) == files | family
+    assert set(config_names.available_configs()) == files | family
 
 
 @pytest.mark.parametrize(
@@ -99,44 +105,44 @@ def test_available_configs_are_the_files_and_the_efficientnet_family_variants():
 def test_every_efficientnet_variant_resolves_by_name(model_name):
     """Every registry variant is a config by its name, through the one family file."""
     variant = model_name.removeprefix("efficientnet_")
-    c = train.load_config(model_name)
+    c = config_names.load_config(model_name)
     assert c.model.name == model_name
     assert c.model.image_size == EFFICIENTNET_RESOLUTIONS[variant]
     assert c.model.image_size == models.get_model_info(model_name).input_size[0]
     assert (c.model.survival_prob, c.model.sd_mode, c.model.sd_scale_at) == (0.8, "sample", "train")
     assert c.data.name == "imagenet2012" and c.optimizer.name == "rmsprop"
     # The family file's own spelling gives the same config.
-    assert train.load_config(f"efficientnet:{variant}").to_dict() == c.to_dict()
-    local = train.load_config(f"{model_name}:runlocal")
-    assert local.to_dict() == train.load_config(f"efficientnet:{variant},runlocal").to_dict()
+    assert config_names.load_config(f"efficientnet:{variant}").to_dict() == c.to_dict()
+    local = config_names.load_config(f"{model_name}:runlocal")
+    assert local.to_dict() == config_names.load_config(f"efficientnet:{variant},runlocal").to_dict()
     assert (local.model.name, local.model.image_size, local.data.name) == (
         model_name, 32, "synthetic"
     )  # fmt: skip
-    assert train.resolve_config_path(f"{model_name}:runlocal").endswith(
+    assert config_names.resolve_config_path(f"{model_name}:runlocal").endswith(
         f"configs/efficientnet.py:{variant},runlocal"
     )
 
 
 def test_bad_efficientnet_variant_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"no variant 'b9'.*efficientnet_b0.*efficientnet_lite4"):
-        train.resolve_config_path("efficientnet_b9:runlocal")
+        config_names.resolve_config_path("efficientnet_b9:runlocal")
     with pytest.raises(ValueError, match=r"variant 'b9'.*Did you mean.*b0, b1.*lite4"):
-        train.load_config("efficientnet:b9")
+        config_names.load_config("efficientnet:b9")
     with pytest.raises(ValueError, match=r"variant ''.*b0.*lite4"):
-        train.load_config("efficientnet")  # the family needs its variant
+        config_names.load_config("efficientnet")  # the family needs its variant
     with pytest.raises(ValueError, match=r"'fast'.*runlocal"):
-        train.load_config("efficientnet:lite2,fast")
+        config_names.load_config("efficientnet:lite2,fast")
 
 
 def test_published_recipes():
-    b0 = train.load_config("efficientnet_b0")
+    b0 = config_names.load_config("efficientnet_b0")
     assert (b0.optimizer.name, b0.optimizer.rho, b0.optimizer.momentum) == ("rmsprop", 0.9, 0.9)
     assert b0.optimizer.epsilon == 1e-3 and b0.optimizer.weight_decay == 1e-5
     assert b0.lr.base == 0.016 and b0.lr.scale_by_batch and b0.lr.warmup_epochs == 5
     assert (b0.lr.decay_rate, b0.lr.decay_epochs) == (0.97, 2.4)
     assert b0.label_smoothing == 0.1 and b0.ema_decay == 0.9999 and b0.num_epochs == 350
     assert (b0.model.survival_prob, b0.model.sd_mode) == (0.8, "sample")
-    c10 = train.load_config("cifar10_resnet110")
+    c10 = config_names.load_config("cifar10_resnet110")
     assert c10.optimizer.nesterov and c10.lr.base == 0.1 and c10.batch_size == 128
     assert tuple(c10.lr.step_boundaries) == (0.5, 0.75) and c10.num_epochs == 500
     assert (c10.model.survival_prob, c10.model.sd_mode) == (0.5, "batch")
@@ -144,13 +150,13 @@ def test_published_recipes():
 
 
 def test_lr_schedules():
-    step = train.WarmupSchedule(0.1, 0, 100, "step", boundaries=(50, 75))
+    step = optim.WarmupSchedule(0.1, 0, 100, "step", boundaries=(50, 75))
     np.testing.assert_allclose([float(step(s)) for s in (0, 49, 50, 75, 99)],
                                [0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)  # fmt: skip
-    warm = train.WarmupSchedule(0.2, 10, 100, "exponential", decay_rate=0.5, decay_steps=20)
+    warm = optim.WarmupSchedule(0.2, 10, 100, "exponential", decay_rate=0.5, decay_steps=20)
     np.testing.assert_allclose([float(warm(s)) for s in (0, 5, 10, 19, 20, 40)],
                                [0.0, 0.1, 0.2, 0.2, 0.1, 0.05], rtol=1e-5)  # fmt: skip
-    cos = train.WarmupSchedule(1.0, 0, 100, "cosine")
+    cos = optim.WarmupSchedule(1.0, 0, 100, "cosine")
     np.testing.assert_allclose([float(cos(s)) for s in (0, 50, 100)], [1.0, 0.5, 0.0], atol=1e-6)
 
 
@@ -167,25 +173,25 @@ def test_cli_override_typo_fails_with_close_match(tmp_path):
 
 def test_resume_with_different_config_fails_with_diff(tmp_path):
     c = tiny_config()
-    train.check_or_write_config(c, str(tmp_path))
+    run_dir.check_or_write_config(c, str(tmp_path))
     c.total_steps = 99  # run-length fields may change
     c.eval_every_steps = 7
-    train.check_or_write_config(c, str(tmp_path))
+    run_dir.check_or_write_config(c, str(tmp_path))
     c.lr.base = 0.5
     c.model.survival_prob = 0.9
-    with pytest.raises(train.CheckpointError, match=r"lr\.base.*\n.*model\.survival_prob"):
-        train.check_or_write_config(c, str(tmp_path))
+    with pytest.raises(run_dir.CheckpointError, match=r"lr\.base.*\n.*model\.survival_prob"):
+        run_dir.check_or_write_config(c, str(tmp_path))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["lr"]["base"] != 0.5  # the saved config was not overwritten
 
 
-@pytest.mark.parametrize("name", sorted(train.available_configs()))
+@pytest.mark.parametrize("name", sorted(config_names.available_configs()))
 def test_every_config_builds_model_and_pipeline_under_runlocal(name):
-    c = train.load_config(f"{name}:runlocal")
+    c = config_names.load_config(f"{name}:runlocal")
     c.data.synthetic_train_size = 64
     c.data.synthetic_eval_size = 16
     c.batch_size = 8
-    task = train.build_task(c, None)
+    task = task_lib.build_task(c, None)
     ds = data_lib.build_dataset(c.data, split="train", global_batch_size=8,
                                 image_size=c.model.image_size, seed=0)  # fmt: skip
     images, labels = next(iter(ds))
@@ -202,14 +208,14 @@ def test_every_config_builds_model_and_pipeline_under_runlocal(name):
 
 
 def test_train_writes_checkpoints_summaries_and_resumes(tmp_path):
-    result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    result = loop_lib.train_and_evaluate(tiny_config(), str(tmp_path))
     assert result["step"] == 4 and 0.0 <= result["top1"] <= 1.0 and result["examples"] == 64
     ckpts = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     assert ckpts.model_checkpoint_path.endswith("ckpt-4")
     assert list((tmp_path / "train").glob("events.out.tfevents.*"))
     assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
     # Running again with a longer total resumes from step 4 rather than starting over.
-    result = train.train_and_evaluate(tiny_config(total_steps=6), str(tmp_path))
+    result = loop_lib.train_and_evaluate(tiny_config(total_steps=6), str(tmp_path))
     assert result["step"] == 6
     reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
     assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 6
@@ -228,13 +234,13 @@ def test_train_writes_checkpoints_summaries_and_resumes(tmp_path):
     ids=["float16", "bfloat16_ema", "xla", "sample_smoothing", "rmsprop", "adamw"],
 )
 def test_train_variants_run_and_stay_finite(tmp_path, changes):
-    result = train.train_and_evaluate(tiny_config(total_steps=2, **changes), str(tmp_path))
+    result = loop_lib.train_and_evaluate(tiny_config(total_steps=2, **changes), str(tmp_path))
     assert result["step"] == 2 and np.isfinite(result["loss"])
 
 
 def tiny_efficientnet_config(**changes):
     """efficientnet_b0:runlocal at width/depth 0.1, 32 px, with top dropout, EMA, RandAugment."""
-    c = train.load_config("efficientnet_b0:runlocal")
+    c = config_names.load_config("efficientnet_b0:runlocal")
     c.model.overrides.width = 0.1
     c.model.overrides.depth = 0.1
     c.model.image_size = 32
@@ -250,7 +256,7 @@ def tiny_efficientnet_config(**changes):
 
 def test_efficientnet_xla_step_runs_on_the_default_strategy(tmp_path):
     c = tiny_efficientnet_config(jit_compile=True)
-    result = train.train_and_evaluate(c, str(tmp_path))
+    result = loop_lib.train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 2 and np.isfinite(result["loss"])
 
 
@@ -259,7 +265,7 @@ def _one_step(task, config):
                                 image_size=config.model.image_size, seed=config.seed)  # fmt: skip
     iterator = iter(ds)
     images, labels = next(iter(ds))
-    train.make_train_loop(task)(iterator, tf.constant(1))
+    step_lib.make_train_loop(task)(iterator, tf.constant(1))
     return images, labels
 
 
@@ -272,7 +278,7 @@ def test_adamw_is_decoupled_and_adds_no_l2_term():
     c = tiny_config(**{"optimizer.name": "adamw", "optimizer.weight_decay": 0.5,
                        "model.survival_prob": 1.0, "lr.base": 1e-2, "lr.warmup_epochs": 0.0,
                        "lr.schedule": "constant"})  # fmt: skip
-    task = train.build_task(c, None)
+    task = task_lib.build_task(c, None)
     initial = task.model.get_weights()
     images, labels = _one_step(task, c)
     got = {v.path: v.numpy() for v in task.model.weights}
@@ -286,20 +292,20 @@ def test_adamw_is_decoupled_and_adds_no_l2_term():
         )
     grads = tape.gradient(loss, variables)
     ref = tf.keras.optimizers.AdamW(1e-2, weight_decay=0.5, epsilon=c.optimizer.epsilon)
-    ref.exclude_from_weight_decay(var_list=[v for v in variables if not train._decayed(v)])
+    ref.exclude_from_weight_decay(var_list=[v for v in variables if not optim.is_decayed(v)])
     ref.apply(grads, variables)
     kernels = 0
     for v in task.model.weights:
         np.testing.assert_allclose(got[v.path], v.numpy(), atol=2e-6, err_msg=v.path)
-        kernels += train._decayed(v)
+        kernels += optim.is_decayed(v)
     assert kernels > 10
 
 
 def _gate_stream(seed, calls=12):
     c = tiny_config(seed=seed)
-    model = train.build_model(c, 10)
+    model = task_lib.build_model(c, 10)
     x = tf.zeros((2, 16, 16, 3))
-    layers = train.sd_layers.stochastic_depth_layers(model)
+    layers = sd_layers.stochastic_depth_layers(model)
     stream = []
     for _ in range(calls):
         model(x, training=True)
@@ -334,9 +340,9 @@ def test_per_block_keep_rate_summaries_match_the_survival_schedule(tmp_path):
     steps, loop = 16, 4
     c = tiny_config(total_steps=steps, steps_per_loop=loop, checkpoint_every_steps=steps,
                     **{"model.sd_mode": "sample", "model.survival_prob": 0.5})  # fmt: skip
-    train.train_and_evaluate(c, str(tmp_path))
+    loop_lib.train_and_evaluate(c, str(tmp_path))
     values, plugins = _tensor_summaries(tmp_path / "train")
-    task = train.build_task(c, None)
+    task = task_lib.build_task(c, None)
     names = [lay.name for lay in task.sd_layers]
     survival = np.array([lay.survival_prob for lay in task.sd_layers])
     assert len(names) == 9 and survival[-1] == pytest.approx(0.5)
@@ -348,8 +354,8 @@ def test_per_block_keep_rate_summaries_match_the_survival_schedule(tmp_path):
     np.testing.assert_allclose(rates.sum(axis=0), active, rtol=1e-5)
     # Sample mode, batch 16: each interval's rate is a count of kept examples over 16 * 4.
     np.testing.assert_allclose(rates * 16 * loop, np.round(rates * 16 * loop), atol=1e-3)
-    # Over the run: steps * 16 draws per block (train.keep_rate_draws), rate ~ Binomial / n.
-    draws = train.keep_rate_draws(task, steps)
+    # Over the run: steps * 16 draws per block (summaries.keep_rate_draws), rate ~ Binomial / n.
+    draws = summaries_lib.keep_rate_draws(task, steps)
     np.testing.assert_array_equal(draws, [steps * 16] * 9)
     sigma = np.sqrt(survival * (1 - survival) / draws)
     deviation = np.abs(rates.mean(axis=1) - survival)
@@ -369,16 +375,16 @@ def test_head_smaller_than_the_dataset_is_an_error(tmp_path):
     """Caught: model.num_classes below the dataset's classes made tf.one_hot zero the labels
     of the other classes, silently."""
     with pytest.raises(ValueError, match="smaller than the dataset's 10 classes"):
-        train.train_and_evaluate(tiny_config(**{"model.num_classes": 5}), str(tmp_path))
-    assert train.check_num_classes(tiny_config(**{"model.num_classes": 12}), 10) == 12
-    assert train.check_num_classes(tiny_config(), 10) == 10
+        loop_lib.train_and_evaluate(tiny_config(**{"model.num_classes": 5}), str(tmp_path))
+    assert task_lib.check_num_classes(tiny_config(**{"model.num_classes": 12}), 10) == 12
+    assert task_lib.check_num_classes(tiny_config(), 10) == 10
 
 
 def test_dropout_seed_state_is_checkpointed(tmp_path):
     """Caught: Dropout's SeedGenerator state was not in the checkpoint, so a resumed run
     replayed the first steps' dropout masks."""
     c = tiny_efficientnet_config()
-    train.train_and_evaluate(c, str(tmp_path))
+    loop_lib.train_and_evaluate(c, str(tmp_path))
     reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
     keys = [k for k in reader.get_variable_to_shape_map() if k.startswith("rng/")]
     assert keys
@@ -387,7 +393,7 @@ def test_dropout_seed_state_is_checkpointed(tmp_path):
 
 def test_ema_is_used_for_eval_and_weights_restored(tmp_path):
     c = tiny_config(ema_decay=0.5, total_steps=2)
-    task = train.build_task(c, None)
+    task = task_lib.build_task(c, None)
     before = [v.numpy().copy() for v in task.model.trainable_variables]
     for s in task.ema.shadows:
         s.assign(s.value * 0.0 + 1.0)
@@ -397,13 +403,13 @@ def test_ema_is_used_for_eval_and_weights_restored(tmp_path):
         )  # fmt: skip
     )
     seen = []
-    eval_step = train.make_eval_fn(task)
+    eval_step = step_lib.make_eval_fn(task)
 
     def spy(batch):
         seen.append(task.model.trainable_variables[0].numpy().copy())
         return eval_step(batch)
 
-    train.evaluate(task, ds, spy, max_steps=1)
+    step_lib.evaluate(task, ds, spy, max_steps=1)
     np.testing.assert_array_equal(seen[0], np.ones_like(seen[0]))  # evaluated with the shadows
     for v, b in zip(task.model.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
@@ -414,7 +420,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.lr.base = 1e12
     c.lr.schedule = "constant"
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
-        train.train_and_evaluate(c, str(tmp_path))
+        loop_lib.train_and_evaluate(c, str(tmp_path))
     state = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     if state is not None:  # every checkpoint that was written holds finite weights
         reader = tf.train.load_checkpoint(state.model_checkpoint_path)
@@ -426,21 +432,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_corrupt_checkpoint_gives_clear_error_and_deletes_nothing(tmp_path):
-    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    loop_lib.train_and_evaluate(tiny_config(), str(tmp_path))
     ckpt_dir = tmp_path / "checkpoints"
     data_file = next(ckpt_dir.glob("ckpt-4.data-*"))
     data_file.write_bytes(b"garbage" * 10)
     files = sorted(p.name for p in ckpt_dir.iterdir())
-    with pytest.raises(train.CheckpointError, match="Nothing was deleted"):
-        train.train_and_evaluate(tiny_config(total_steps=8), str(tmp_path))
+    with pytest.raises(run_dir.CheckpointError, match="Nothing was deleted"):
+        loop_lib.train_and_evaluate(tiny_config(total_steps=8), str(tmp_path))
     assert sorted(p.name for p in ckpt_dir.iterdir()) == files
 
 
 def test_incompatible_checkpoint_gives_clear_error(tmp_path):
-    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    loop_lib.train_and_evaluate(tiny_config(), str(tmp_path))
     (tmp_path / "config.json").unlink()  # pretend the directory came from elsewhere
-    with pytest.raises(train.CheckpointError, match="different model"):
-        train.train_and_evaluate(tiny_config(**{"model.overrides.width": 0.5}), str(tmp_path))
+    with pytest.raises(run_dir.CheckpointError, match="different model"):
+        loop_lib.train_and_evaluate(tiny_config(**{"model.overrides.width": 0.5}), str(tmp_path))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -544,12 +550,12 @@ logging.set_verbosity("info")
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.test_train import tiny_config
-from tfsd import train
+from tfsd.training import loop, task as task_lib
 c = tiny_config(total_steps=int(sys.argv[2]), checkpoint_every_steps=2, deterministic=True,
                 **{"distribute.strategy": "mirrored", "optimizer.name": "adamw", "lr.base": 1e-3,
                    "data.randaugment_magnitude": 5.0})
-result = train.train_and_evaluate(c, sys.argv[1])
-task = train.build_task(c, None)
+result = loop.train_and_evaluate(c, sys.argv[1])
+task = task_lib.build_task(c, None)
 sync = [layer.sync_replicas for layer in task.sd_layers]
 replicas = task.strategy.num_replicas_in_sync
 print("RESULT " + json.dumps(dict(result, replicas=replicas, sync=sync)))

@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.sd_mode = "batch"
     c.model.sd_scale_at = "inference"
     # BatchNorm over the global batch (cross-replica): "auto" = on for EfficientNet with several
-    # replicas (TPU recipe), off for ResNets; see tfsd.train.use_sync_bn.
+    # replicas (TPU recipe), off for ResNets; see tfsd.training.task.use_sync_bn.
     c.model.sync_bn = "auto"
     c.model.overrides = ml_collections.ConfigDict()  # builder keyword arguments (width, ...)
     c.data = data_lib.default_config()
@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0 = at the end only
     c.eval_steps = 0  # 0 = the whole eval split
     c.deterministic = False  # tf.config.experimental.enable_op_determinism()
-    # Fine-tuning (tfsd.train.initialize_from), applied at the start of a fresh run, never on
+    # Fine-tuning (tfsd.training.finetune.initialize_from), applied when a fresh run starts, not on
     # resume. init.from: "" (random init), keras.applications weights (.h5 / .weights.h5), a
     # .keras model file, a torchvision/timm ResNet state dict (.safetensors), or another run's
     # directory or checkpoint prefix. init.skip: comma-separated layer names left as initialised

@@ -1,9 +1,8 @@
-"""Matplotlib figures shared by the training loop's TensorBoard images and ``tfsd.plot``.
+"""Matplotlib drawings shared by the loop's TensorBoard images, ``tfsd.plot`` and ``tfsd.evaluate``.
 
-Only drawing lives here (no run directories, no models), so ``tfsd.train`` can render its
-TensorBoard images without importing ``tfsd.plot`` (which imports ``tfsd.export``, which imports
-``tfsd.train``). Figures use matplotlib's object-oriented API on an explicit Agg canvas: no pyplot
-global state and no display needed.
+Only drawing lives here (no run directories, no models). Figures use matplotlib's object-oriented
+API on an explicit Agg canvas: no pyplot global state and no display needed. matplotlib is
+imported when the first figure is drawn, not when tfsd is imported (it costs ~1 s).
 
 The keep-rate figure shows stochastic depth's gates as realised (Huang et al. 2016, "Deep
 Networks with Stochastic Depth", arXiv:1603.09382: block ``l`` runs with probability ``p_l``):
@@ -18,8 +17,9 @@ import numpy as np
 
 def new_figure(width: float = 6.0, height: float = 4.0):
     """A matplotlib ``Figure`` with an Agg canvas attached (``savefig`` and ``to_image`` work)."""
+    # Optional heavy dependency: imported on first use (module docstring).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # (the same lazy import)
 
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)

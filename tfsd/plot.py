@@ -1,245 +1,53 @@
 """Pictures of a training run or a config: ``python -m tfsd.plot --model_dir=RUN``.
 
-``--model_dir=RUN [--output_dir=DIR]`` writes these PNGs (matplotlib, Agg canvas, no display
-needed) to ``--output_dir`` (default ``RUN/plots``):
-
-* ``survival_schedule.png``: each stochastic-depth block's survival probability ``p_l``
-  against its index ``l``, read from the run's model (`tfsd.export.restore_run`), so it shows
-  the rule the run really used (Huang et al. 2016, "Deep Networks with Stochastic Depth",
-  arXiv:1603.09382, Eq. 4 for the linear rule), with its mean (the expected depth / block
-  count);
-* ``curves.png``: training and eval loss and top-1 against the step, from the TensorBoard
-  event files ``tfsd.train`` writes to ``RUN/train`` and ``RUN/eval``;
-* ``effective_depth.png``: the mean number of active (not dropped) blocks per step
-  (``active_blocks``) against the step, with the expected value ``sum(p_l)`` and the block count;
-* ``keep_rates.png``: each block's fraction of kept gates over the whole run (the
-  ``keep_rate/<block>`` summaries, weighted by the steps each covers) against ``p_l``, with the
-  ``+-2 sigma`` binomial band for the run's number of gate draws (runs that logged them).
-
-``--config=NAME[:ARG] --output_dir=DIR`` (config overrides as in ``tfsd.train``) builds the
-config's model without training and writes ``survival_schedule_<model>.png``.
+``--model_dir=RUN [--output_dir=DIR]`` writes ``survival_schedule.png``, ``curves.png``,
+``effective_depth.png`` and ``keep_rates.png`` (default ``RUN/plots``); ``--config=NAME[:ARG]
+--output_dir=DIR`` (overrides as in ``tfsd.train``) draws a config's survival schedule without
+training. The command only parses flags; the library is `tfsd.training.plots`. See
+``docs/evaluate_predict_plot.md``.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import sys
+from collections.abc import Sequence
 
-import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
-from tfsd import cli, export, figures
-from tfsd import layers as sd_layers
-from tfsd import train as train_lib
+from tfsd import cli
+from tfsd.training import plots, run_dir
 
 
-def read_scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """All scalar summaries of the event files in ``log_dir``: ``{tag: (steps, values)}``.
-
-    Sorted by step; a step logged twice (a resumed run) keeps its last value. TF2's
-    ``tf.summary.scalar`` stores each value as a rank-0 tensor (``value.tensor``); TF1 files
-    use ``simple_value``: both are read.
-    """
-    points: dict[str, dict[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.HasField("tensor"):
-                    array = tf.make_ndarray(value.tensor)
-                    if array.ndim:
-                        continue  # not a scalar
-                    number = float(array)
-                elif value.HasField("simple_value"):
-                    number = float(value.simple_value)
-                else:
-                    continue
-                points.setdefault(value.tag, {})[int(event.step)] = number
-    out = {}
-    for tag, by_step in points.items():
-        steps = np.array(sorted(by_step), np.int64)
-        out[tag] = steps, np.array([by_step[s] for s in steps], np.float64)
-    return out
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "output_dir", None, "Default: RUN/plots (required with --config).", flag_values=fv
+    )
 
 
-def plot_survival_schedule(survival: list[float], title: str):
-    """Figure of ``survival[l]`` against block index ``l = 1..L`` (line 0 holds the values).
-
-    ``l`` counts the stochastic-depth layers only. A rule may count blocks without a gate too:
-    EfficientNet-B0's ``1 - r * i / 16`` runs over all 16 blocks, of which the 9 with an identity
-    skip have a gate (``tfsd.models.efficientnet``): its 9 points are ``p_i`` at i = 2, 4, 6, 7, 9,
-    10, 12, 13, 14 (0-based, block2b ... block6d).
-    """
-    fig = figures.new_figure()
-    ax = fig.add_subplot()
-    index = np.arange(1, len(survival) + 1)
-    ax.plot(index, survival, "o-", markersize=3, label="survival probability $p_l$")
-    mean = float(np.mean(survival)) if survival else float("nan")
-    ax.axhline(mean, color="gray", linestyle="--", label=f"mean {mean:.3f}")
-    ax.set_xlabel("stochastic-depth block l (in depth order)")
-    ax.set_ylabel("$p_l$")
-    ax.set_ylim(0.0, 1.05)
-    ax.set_title(title)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    return fig
-
-
-def plot_curves(train: dict, evaluation: dict, title: str):
-    """Figure with loss (left) and top-1 (right), train and eval, against the step."""
-    fig = figures.new_figure(10.0, 4.0)
-    for i, tag in enumerate(("loss", "top1")):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for name, scalars, style in (("train", train, "-"), ("eval", evaluation, "o-")):
-            if tag in scalars:
-                steps, values = scalars[tag]
-                ax.plot(steps, values, style, markersize=4, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel(tag)
-        ax.set_title(f"{title}: {tag}")
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_effective_depth(train: dict, survival: list[float], title: str):
-    """Figure of ``active_blocks`` against the step (line 0), with ``sum(p_l)`` and ``L``."""
-    fig = figures.new_figure()
-    ax = fig.add_subplot()
-    if "active_blocks" in train:
-        steps, values = train["active_blocks"]
-        ax.plot(steps, values, "-", label="active blocks (mean per step)")
-    ax.axhline(sum(survival), color="gray", linestyle="--", label=f"expected {sum(survival):.2f}")
-    ax.axhline(len(survival), color="black", linestyle=":", label=f"all {len(survival)} blocks")
-    ax.set_xlabel("step")
-    ax.set_ylabel("blocks")
-    ax.set_ylim(0.0, len(survival) + 1.0)  # from 0: the depth saved is read off the gap to L
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def run_keep_rates(train: dict, names: list[str]) -> tuple[np.ndarray, int] | None:
-    """Each block's keep rate over the whole logged run, and the training steps behind it.
-
-    The ``keep_rate/<block>`` scalars are means over summary intervals of unequal length (the
-    loop ends intervals on checkpoint and eval boundaries): they are weighted by the steps each
-    covers (the gap to the previous logged step). None when the run logged no per-block rates
-    (runs from before they were logged).
-    """
-    tags = [f"keep_rate/{n}" for n in names]
-    if not names or any(t not in train for t in tags):
-        return None
-    steps = train[tags[0]][0]
-    weights = np.diff(np.concatenate([[0], steps])).astype(np.float64)
-    rates = np.array([np.sum(train[t][1] * weights) / np.sum(weights) for t in tags])
-    return rates, int(steps[-1])
-
-
-def _write(drawn: dict, output_dir: str, names: dict | None = None) -> dict:
-    os.makedirs(output_dir, exist_ok=True)
-    out = {}
-    for key, fig in drawn.items():
-        path = os.path.join(output_dir, f"{(names or {}).get(key, key)}.png")
-        fig.savefig(path, dpi=100)
-        out[key] = path, fig
-    return out
-
-
-def plot_config(config, output_dir: str) -> dict[str, tuple[str, object]]:
-    """Writes ``survival_schedule_<model>.png`` of a config's model, without training.
-
-    The model is built from ``config`` (``tfsd.train.build_model``: the same rule, survival
-    probability and depth as a run would use); no dataset is read. The head's size does not
-    change the schedule, so it has ``config.model.num_classes`` outputs, or one when that is 0
-    (the dataset's count, which would need the dataset).
-
-    Returns:
-      ``{"survival_schedule": (png_path, matplotlib Figure)}``.
-    """
-    model = train_lib.build_model(config, num_classes=config.model.num_classes or 1)
-    survival = [float(lay.survival_prob) for lay in sd_layers.stochastic_depth_layers(model)]
-    name = config.model.name
-    fig = plot_survival_schedule(survival, f"{name}: survival schedule ({len(survival)} blocks)")
-    return _write({"survival_schedule": fig}, output_dir,
-                  {"survival_schedule": f"survival_schedule_{name}"})  # fmt: skip
-
-
-def plot_run(model_dir: str, output_dir: str | None = None) -> dict[str, tuple[str, object]]:
-    """Writes the run's PNGs; returns ``{name: (png_path, matplotlib Figure)}``.
-
-    Raises:
-      tfsd.export.ExportError: ``model_dir`` is not a run with a checkpoint.
-      FileNotFoundError: the run has no event files in ``RUN/train``.
-    """
-    model, config, _, _ = export.restore_run(model_dir, weights="raw")
-    blocks = sd_layers.stochastic_depth_layers(model)
-    survival = [float(lay.survival_prob) for lay in blocks]
-    train = read_scalars(os.path.join(model_dir, "train"))
-    if not train:
-        raise FileNotFoundError(f"{model_dir}/train holds no TensorBoard event files.")
-    evaluation = read_scalars(os.path.join(model_dir, "eval"))
-    name = config.model.name
-    output_dir = output_dir or os.path.join(model_dir, "plots")
-    drawn = {
-        "survival_schedule": plot_survival_schedule(
-            survival, f"{name}: survival schedule ({len(survival)} blocks)"
-        ),
-        "curves": plot_curves(train, evaluation, name),
-        "effective_depth": plot_effective_depth(train, survival, f"{name}: effective depth"),
-    }
-    kept = run_keep_rates(train, [lay.name for lay in blocks])
-    if kept is not None:
-        rates, steps = kept
-        per_step = train["gate_draws_per_step"][1][-1] if "gate_draws_per_step" in train else 0
-        drawn["keep_rates"] = figures.keep_rate_figure(
-            survival, rates, per_step * steps or None, f"{name}: keep rate over {steps} steps"
-        )
-    return _write(drawn, output_dir)
-
-
-# -------------------------------------------------------------------------------------------------
-# Command line (flags defined when the CLI runs: tfsd.cli).
-# -------------------------------------------------------------------------------------------------
-
-
-def _define_flags() -> list[str]:
-    flags.DEFINE_string("output_dir", None, "Default: RUN/plots (required with --config).")
-    return ["output_dir"]
-
-
-_COMMAND = cli.Command(_define_flags)
+COMMAND = cli.Command("tfsd.plot", _define_flags, config=True)
 
 
 def main(argv: list[str]) -> None:
-    v = _COMMAND.values()
-    model_dir, output_dir = v["model_dir"], v["output_dir"]
-    config = flags.FLAGS["config"].value  # tfsd.train's --config flag, overrides applied
+    del argv
+    v = COMMAND.values()
+    model_dir, output_dir, config = v["model_dir"], v["output_dir"], v["config"]
     if bool(model_dir) == (config is not None):
         raise app.UsageError("Pass --model_dir=RUN or --config=NAME (not both).")
     if config is not None and not output_dir:
         raise app.UsageError("--config needs --output_dir.")
     try:
         if config is not None:
-            written = plot_config(config, output_dir)
+            written = plots.plot_config(config, output_dir)
         else:
-            written = plot_run(model_dir, output_dir)
-    except (export.ExportError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"tfsd.plot: {e}")
+            written = plots.plot_run(model_dir, output_dir)
+    except (run_dir.RunDirError, FileNotFoundError, ValueError) as e:
+        COMMAND.fail(e)
     for path, _ in written.values():
         print(path)
 
 
-def run_main() -> None:
+def run_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m tfsd.plot`` and the ``tfsd-plot`` console script."""
-    try:
-        argv = train_lib.rewrite_config_argv(sys.argv)  # --config=NAME -> configs/NAME.py
-    except ValueError as e:
-        sys.exit(f"tfsd.plot: {e}")
-    sys.argv[:] = argv  # ml_collections reads the overrides from sys.argv itself
-    _COMMAND.run(main)
+    COMMAND.run(main, argv)
 
 
 if __name__ == "__main__":

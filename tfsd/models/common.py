@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,19 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
 SVHN_STD = (0.1980, 0.2010, 0.1970)
+
+
+def check_number(
+    value: Any, name: str, low: float, high: float = math.inf, closed: bool = True
+) -> None:
+    """Refuses a builder argument that is not a finite number in ``(low, high]``.
+
+    ``closed=False`` checks ``[low, high)`` instead (a rate such as dropout).
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not (low < value <= high if closed else low <= value < high):
+        bounds = f"({low}, {high}]" if closed else f"[{low}, {high})"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}.")
 
 
 def normalize_pixels(

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import keras
 
@@ -312,13 +312,6 @@ def _mbconv_fn(ops: _Ops, block: Block, use_se: bool):
 # -------------------------------------------------------------------------------------------------
 
 
-def _check_number(value: Any, name: str, low: float, high: float = math.inf, closed=True) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or not (low < value <= high if closed else low <= value < high):
-        bounds = f"({low}, {high}]" if closed else f"[{low}, {high})"
-        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}.")
-
-
 # The TF reference's settings: survival 0.8 (drop-connect 0.2), one gate per example, inverted
 # scaling, rate r·i/N over all N blocks.
 EFFICIENTNET_SD = common.SDConfig(
@@ -387,11 +380,11 @@ def efficientnet(
       A functional ``keras.Model`` named ``name`` mapping [0, 255] images to float32 logits.
     """
     common.check_head(include_top, pooling)
-    _check_number(width, "width", 0.0)
-    _check_number(depth, "depth", 0.0)
-    _check_number(dropout, "dropout", 0.0, 1.0, closed=False)
-    _check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
-    _check_number(bn_epsilon, "bn_epsilon", 0.0)
+    common.check_number(width, "width", 0.0)
+    common.check_number(depth, "depth", 0.0)
+    common.check_number(dropout, "dropout", 0.0, 1.0, closed=False)
+    common.check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
+    common.check_number(bn_epsilon, "bn_epsilon", 0.0)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

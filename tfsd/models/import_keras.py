@@ -44,6 +44,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import h5py  # a Keras dependency
 import keras
 import numpy as np
 
@@ -211,8 +212,6 @@ def _read_keras3_h5(
 def _file_source(
     path: str, leaves: Sequence[keras.layers.Layer], imagenet_rescaling: bool | None
 ) -> _Source:
-    import h5py  # a Keras dependency
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No weights file at {path!r}.")
     if path.endswith(".keras"):

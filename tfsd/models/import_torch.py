@@ -59,6 +59,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
+from safetensors import SafetensorError  # setup.py install_requires
+from safetensors.numpy import load_file
 
 from tfsd.models import common
 from tfsd.models.folding import match_inverted_scaling
@@ -158,9 +160,6 @@ def _read_state_dict(source: str | os.PathLike | Mapping[str, np.ndarray]) -> tu
             f"{path!r} looks like a pickled torch checkpoint; convert it once where torch is "
             f"installed: safetensors.torch.save_file(torch.load(path), 'model.safetensors')."
         )
-    from safetensors import SafetensorError  # setup.py install_requires
-    from safetensors.numpy import load_file
-
     try:
         return load_file(path), f"{path!r}"
     except (SafetensorError, TypeError, ValueError) as e:  # not safetensors, or bf16 (no NumPy)

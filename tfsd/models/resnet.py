@@ -68,7 +68,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -243,12 +242,6 @@ def _shortcut(ops: _Ops, x, kind: str, out_channels: int, stride: int, prefix: s
 # -------------------------------------------------------------------------------------------------
 
 
-def _check_number(value: Any, name: str, low: float, high: float = math.inf) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or not low < value <= high:
-        raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}.")
-
-
 def _ensure_recursion_limit(num_blocks: int) -> None:
     """Raises (never lowers) Python's recursion limit for very deep functional graphs.
 
@@ -291,9 +284,9 @@ def _build(
     """Shared body of both families: stem, stages of stochastic residual blocks, pooled head."""
     if block not in BLOCKS:
         raise ValueError(f"Unknown block {block!r}; expected one of {BLOCKS}.")
-    _check_number(width, "width", 0.0)
-    _check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
-    _check_number(bn_epsilon, "bn_epsilon", 0.0)
+    common.check_number(width, "width", 0.0)
+    common.check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
+    common.check_number(bn_epsilon, "bn_epsilon", 0.0)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     common.check_head(include_top, pooling)

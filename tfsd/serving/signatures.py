@@ -1,0 +1,125 @@
+"""The servable: one inference model behind three TF Serving signatures.
+
+``serving_default`` (float32 images ``[B, H, W, 3]`` in [0, 255]), ``serving_bytes`` (encoded
+images through the run's eval preprocessing, `tfsd.data.make_eval_image_fn`) and
+``serving_examples`` (serialized ``tf.train.Example`` with ``image/encoded``); each returns
+``logits``, ``probabilities``, top-k ``classes`` and ``scores`` (and ``class_names``). Model
+Garden's vision export (``official/vision/serving``) was the starting point. See
+``docs/serving.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfsd import data as data_lib
+
+SIGNATURES = ("serving_default", "serving_bytes", "serving_examples")
+
+
+# Input key of each signature (REST: {"instances": [...]} rows map to the single input).
+INPUT_KEYS = {"serving_default": "images", "serving_bytes": "image_bytes",
+              "serving_examples": "examples"}  # fmt: skip
+
+
+MAX_TOP_K = 5
+
+
+def model_image_size(model: keras.Model) -> tuple[int, int]:
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or None in shape[1:3]:
+        raise ValueError(
+            f"The model must take images [batch, H, W, 3] with a fixed H and W to be exported; "
+            f"its input shape is {shape}."
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def preprocess_fn(mode: str, image_size: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """An eval preprocessing by name (``inception`` | ``cifar`` | ``none``), for a bare model.
+
+    The same `tfsd.data.make_eval_image_fn` a run uses, resolved for a data-less source: a run's
+    export takes its dataset's own preprocessing instead.
+    """
+    if mode not in ("inception", "cifar", "none"):
+        raise ValueError(f"preprocess must be 'inception', 'cifar' or 'none', got {mode!r}.")
+    # The synthetic source reads no data; only the preprocessing mode matters here.
+    return data_lib.make_eval_image_fn({"name": "synthetic", "preprocess": mode}, image_size)
+
+
+class Servable:
+    """The three signature functions over one inference model."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        preprocess: Callable[[tf.Tensor], tf.Tensor],
+        class_names: Sequence[str] | None,
+    ):
+        self.model = model
+        self.height, self.width = model_image_size(model)
+        self.preprocess = preprocess
+        num_classes = int(model.outputs[0].shape[-1])
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if len(class_names) != num_classes:
+                raise ValueError(
+                    f"{len(class_names)} class names for a model with {num_classes} outputs."
+                )
+        self.class_names = class_names
+        self.top_k = min(MAX_TOP_K, num_classes)
+
+    def outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        scores, classes = tf.math.top_k(probabilities, k=self.top_k)
+        out = {"logits": logits, "probabilities": probabilities,
+               "classes": tf.cast(classes, tf.int32), "scores": scores}  # fmt: skip
+        if self.class_names is not None:
+            # Names of the top-k classes, [batch, k] like `classes`: every output keeps the batch
+            # dimension, as TF Serving's REST row format ("instances") requires.
+            out["class_names"] = tf.gather(tf.constant(self.class_names), classes)
+        return out
+
+    def decode(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        # One image at a time: encoded images differ in size. Decoding errors surface as
+        # InvalidArgumentError from the signature (tf.io.decode_image's own error).
+        return tf.map_fn(
+            self.preprocess,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([self.height, self.width, 3], tf.float32),
+        )
+
+    def serving_default(self, images):
+        return self.outputs(images)
+
+    def serving_bytes(self, image_bytes):
+        return self.outputs(self.decode(image_bytes))
+
+    def serving_examples(self, examples):
+        features = tf.io.parse_example(
+            examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+        )
+        return self.outputs(self.decode(features["image/encoded"]))
+
+    def input_signatures(self) -> dict[str, list[tf.TensorSpec]]:
+        return {
+            "serving_default": [
+                tf.TensorSpec([None, self.height, self.width, 3], tf.float32, name="images")
+            ],
+            "serving_bytes": [tf.TensorSpec([None], tf.string, name="image_bytes")],
+            "serving_examples": [tf.TensorSpec([None], tf.string, name="examples")],
+        }
+
+
+def write_saved_model(servable: Servable, path: str) -> None:
+    # keras.export.ExportArchive (keras/src/export/saved_model.py) is Keras 3's SavedModel writer:
+    # it tracks the model's variables and registers each endpoint as a signature by name.
+    archive = keras.export.ExportArchive()
+    archive.track(servable.model)
+    for name, spec in servable.input_signatures().items():
+        archive.add_endpoint(name, getattr(servable, name), input_signature=spec)
+    archive.write_out(path, verbose=False)

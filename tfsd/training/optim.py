@@ -1,0 +1,132 @@
+"""Learning-rate schedules and optimizers of a run (``config.lr``, ``config.optimizer``).
+
+Gradients reach the optimizer already all-reduced and clipped by the training step
+(`tfsd.training.step`), so the optimizer classes here do not all-reduce again. See
+``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tfsd")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then constant / step / exponential
+    (staircase, as the EfficientNet reference) / cosine decay over ``total_steps``."""
+
+    def __init__(
+        self,
+        peak: float,
+        warmup_steps: int,
+        total_steps: int,
+        schedule: str,
+        boundaries: tuple[int, ...] = (),
+        step_factor: float = 0.1,
+        decay_rate: float = 0.97,
+        decay_steps: int = 1,
+    ):
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+        self.schedule, self.boundaries, self.step_factor = schedule, tuple(boundaries), step_factor
+        self.decay_rate, self.decay_steps = decay_rate, max(1, decay_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        if self.schedule == "constant":
+            lr = tf.constant(self.peak, tf.float32)
+        elif self.schedule == "step":
+            passed = tf.add_n([tf.cast(step >= b, tf.float32) for b in self.boundaries] or [0.0])
+            lr = self.peak * tf.pow(self.step_factor, passed)
+        elif self.schedule == "exponential":
+            lr = self.peak * tf.pow(self.decay_rate, tf.floor(step / self.decay_steps))
+        else:  # cosine, after warm-up
+            span = max(1, self.total_steps - self.warmup_steps)
+            frac = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = 0.5 * self.peak * (1.0 + tf.cos(math.pi * frac))
+        if self.warmup_steps > 0:
+            lr = tf.minimum(lr, self.peak * step / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return dict(
+            peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+            schedule=self.schedule, boundaries=self.boundaries, step_factor=self.step_factor,
+            decay_rate=self.decay_rate, decay_steps=self.decay_steps,
+        )  # fmt: skip
+
+
+def make_lr_schedule(config, steps_per_epoch: int, schedule_steps: int) -> WarmupSchedule:
+    lr = config.lr
+    peak = lr.base * (config.batch_size / 256 if lr.scale_by_batch else 1.0)
+    return WarmupSchedule(
+        peak=peak,
+        warmup_steps=int(round(lr.warmup_epochs * steps_per_epoch)),
+        total_steps=schedule_steps,
+        schedule=lr.schedule,
+        boundaries=tuple(int(round(b * schedule_steps)) for b in lr.step_boundaries),
+        step_factor=lr.step_factor,
+        decay_rate=lr.decay_rate,
+        decay_steps=int(round(lr.decay_epochs * steps_per_epoch)),
+    )
+
+
+def _loop_reduced(cls: type) -> type:
+    """``cls`` with its gradient all-reduce removed: the training loop all-reduces gradients.
+
+    Keras 3 clips (``global_clipnorm``) in ``BaseOptimizer._backend_apply_gradients`` *before*
+    the TF backend's ``_all_reduce_sum_gradients`` (``keras/src/optimizers/base_optimizer.py``,
+    ``keras/src/backend/tensorflow/optimizer.py``), so under any strategy it clipped each
+    replica's partial gradient by its own norm. The loop instead all-reduces, then clips by the
+    global norm, then applies with this class, which must not sum the gradients again.
+    """
+
+    class LoopReduced(cls):
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            return list(grads_and_vars)
+
+    LoopReduced.__name__ = LoopReduced.__qualname__ = cls.__name__
+    return LoopReduced
+
+
+_SGD = _loop_reduced(keras.optimizers.SGD)
+
+
+_RMSPROP = _loop_reduced(keras.optimizers.RMSprop)
+
+
+_ADAMW = _loop_reduced(keras.optimizers.AdamW)
+
+
+def is_decayed(v) -> bool:
+    # Kernels only: BN scale/shift and biases are not decayed (as fb.resnet.torch's practice in
+    # timm/Model Garden; the EfficientNet reference also decays biases, a negligible difference).
+    return v.name in ("kernel", "depthwise_kernel")
+
+
+def make_optimizer(config, schedule, variables=None) -> keras.optimizers.Optimizer:
+    """The optimizer of ``config.optimizer``; gradients reach it already all-reduced and clipped.
+
+    ``adamw`` is decoupled AdamW (Loshchilov & Hutter 2019; ``keras/src/optimizers/adamw.py``:
+    ``w -= lr * weight_decay * w`` before the Adam step) on kernels only, with no L2 term in the
+    loss; ``sgd`` and ``rmsprop`` get ``0.5 * weight_decay * Σ w²`` in the loss (the references').
+    ``variables``: the trainable variables, to exclude non-kernels from AdamW's decay.
+    """
+    o = config.optimizer
+    if o.name == "sgd":
+        opt = _SGD(schedule, momentum=o.momentum, nesterov=o.nesterov)
+    elif o.name == "rmsprop":
+        # Keras adds epsilon outside the square root, the TF1 reference inside; with eps = 1e-3
+        # the two differ only where the second moment is below ~1e-6.
+        opt = _RMSPROP(schedule, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon)
+    else:
+        opt = _ADAMW(schedule, weight_decay=o.weight_decay, epsilon=o.epsilon)
+        if variables is not None:
+            opt.exclude_from_weight_decay(var_list=[v for v in variables if not is_decayed(v)])
+        else:
+            opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    if config.precision == "float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt

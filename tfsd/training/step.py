@@ -1,0 +1,270 @@
+"""The distributed training step (a host loop of steps) and the evaluation step.
+
+Gradients are all-reduced by the step (not by the optimizer) so that clipping sees the global
+norm; BatchNorm moving statistics, which Keras 3 keeps per replica (aggregation "none",
+``keras/src/layers/normalization/batch_normalization.py``), are averaged across replicas after
+every step. `eval_batch` is the one evaluation computation, shared by the loop's eval and
+``tfsd.evaluate``. See ``docs/training.md`` and ``docs/distributed.md``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfsd import distribute
+from tfsd.training import finetune, optim
+from tfsd.training.task import Task
+
+
+def _per_example_loss(task: Task, labels, logits):
+    logits = tf.cast(logits, tf.float32)
+    if labels.shape.rank == 1:
+        labels = tf.one_hot(labels, task.num_classes)
+    return keras.losses.categorical_crossentropy(
+        labels, logits, from_logits=True, label_smoothing=task.config.label_smoothing
+    )
+
+
+def _correct(labels, logits, k: int):
+    if labels.shape.rank == 2:
+        labels = tf.argmax(labels, axis=-1)
+    hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def bn_moving_stats(model: keras.Model) -> list:
+    """Moving mean/variance of every unsynchronized BatchNorm layer (they differ per replica)."""
+    return [
+        v
+        for lay in model._flatten_layers(include_self=False)  # noqa: SLF001
+        if isinstance(lay, keras.layers.BatchNormalization) and not lay.synchronized
+        for v in (lay.moving_mean, lay.moving_variance)
+    ]
+
+
+def make_train_loop(task: Task, stop: tf.Variable | None = None):
+    """A ``tf.function`` running up to ``n`` training steps per host call, returning sums.
+
+    ``stop``: a host boolean variable (set by the signal watcher); the loop reads it before every
+    step and ends early when it is set, on every worker at the same step (the flag is
+    all-reduced when the run spans several hosts). The returned dict holds ``steps`` (done) and
+    ``stopped``.
+    """
+    config, strategy, model, opt = task.config, task.strategy, task.model, task.optimizer
+    variables = model.trainable_variables
+    decayed = [v for v in variables if optim.is_decayed(v)]
+    # AdamW decays in the optimizer (decoupled); SGD and RMSProp through the loss.
+    wd = 0.0 if config.optimizer.name == "adamw" else config.optimizer.weight_decay
+    clip = config.optimizer.grad_clip_norm
+    replicas = strategy.num_replicas_in_sync
+    float_weights = [v for v in model.weights if v.dtype.startswith("float")]
+    stats = bn_moving_stats(model) if replicas > 1 else []
+    multi_worker = distribute.is_multi_worker(strategy)
+    # Frozen-backbone warm-up (init.freeze_steps): backbone gradients are zeroed, so SGD and
+    # RMSProp leave those weights unchanged (their slots stay zero); BatchNorm statistics still
+    # follow the new data and AdamW's decoupled decay still applies.
+    freeze = int(config.init.freeze_steps)
+    head = finetune.trainable_while_frozen(config, model) if freeze else []
+
+    def gradients(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = _per_example_loss(task, labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+            if wd > 0 and decayed:
+                l2 = tf.add_n(
+                    [tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32))) for v in decayed]
+                )
+                loss += 0.5 * wd * l2 / replicas
+            scaled = opt.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        # A block dropped by a batch-mode gate never ran: its variables get zero gradients.
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        metrics = {
+            "loss": loss,
+            "top1": _correct(labels, logits, 1),
+            "examples": tf.cast(tf.shape(logits)[0], tf.float32),
+        }
+        return grads, metrics
+
+    if config.jit_compile:
+        # XLA compiles the forward and backward pass; the collectives and the optimizer update
+        # stay outside (under MirroredStrategy they are merge_calls, which XLA cannot hold).
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, labels):
+        grads, metrics = gradients(images, labels)
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if freeze:
+            frozen = task.step < freeze  # the step about to run is task.step + 1
+            grads = [g if h else tf.where(frozen, tf.zeros_like(g), g) for g, h in zip(grads, head)]
+        if clip > 0:
+            limit = clip
+            if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                # The gradients still carry the loss scale: scale the threshold alike.
+                limit = clip * tf.cast(opt.dynamic_scale, tf.float32)
+            grads, _ = tf.clip_by_global_norm(grads, limit)
+        opt.apply(grads, variables)
+        if stats:
+            # Each replica updated its own moving statistics from its own examples; averaging
+            # them makes the statistics those of the global batch (exactly, for the mean).
+            local = [tf.identity(v.value) for v in stats]  # tensors: the local copies
+            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+            for v, m in zip(stats, means):
+                v.assign(m)
+        return metrics
+
+    def stop_requested():
+        if stop is None:
+            return tf.constant(False)
+        flag = tf.cast(stop.read_value(), tf.int32)
+        if multi_worker:
+            # Every worker must stop at the same step or the others hang in a collective.
+            # (ReduceOp has SUM and MEAN only: any worker's flag makes the sum positive.)
+            flag = strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None
+            )
+        return flag > 0
+
+    @tf.function
+    def train_loop(iterator, n):
+        totals = {"loss": 0.0, "top1": 0.0, "examples": 0.0, "active_blocks": 0.0}
+        totals = {k: tf.constant(v) for k, v in totals.items()}
+        totals["keep_rates"] = tf.zeros([len(task.sd_layers)])  # per block, summed over steps
+        steps, stopped = tf.constant(0.0), tf.constant(False)
+        for _ in tf.range(n):
+            if stop_requested():
+                stopped = tf.constant(True)
+                break
+            images, labels = next(iterator)
+            out = strategy.run(replica_step, args=(images, labels))
+            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+            task.step.assign_add(1)
+            if task.ema is not None:
+                task.ema.update(task.step)
+            # keep_rate is sync-on-read with MEAN aggregation (tfsd/layers.py): read here, in the
+            # cross-replica context, it is the mean over replicas of each replica's kept
+            # fraction, i.e. the global fraction (replicas hold equal batch shares).
+            rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
+            out["keep_rates"] = tf.stack(rates) if rates else tf.zeros([0])
+            out["active_blocks"] = tf.reduce_sum(out["keep_rates"])
+            totals = {k: totals[k] + out[k] for k in totals}
+            steps += 1.0
+        totals["steps"] = steps
+        totals["stopped"] = tf.cast(stopped, tf.float32)
+        # Weights too: BN statistics can overflow a step before the loss shows it.
+        totals["finite"] = tf.cast(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in float_weights]),
+            tf.float32,
+        )
+        return totals
+
+    return train_loop
+
+
+def eval_batch(model: keras.Model, images, labels, num_classes: int):
+    """One eval batch: ``(sums, predictions)``, the computation every evaluation runs.
+
+    The training loop's eval (`make_eval_fn`) and ``tfsd.evaluate``
+    (`tfsd.training.evaluation.evaluate_model`) both call this, so their numbers agree. ``sums``
+    holds ``loss`` (summed plain cross-entropy: no label smoothing, the test loss), ``top1``
+    (argmax equals the label, as the confusion matrix counts), ``top5`` and ``examples``;
+    ``predictions`` are the argmax classes (int32). One-hot labels are reduced to their argmax.
+    """
+    logits = tf.cast(model(images, training=False), tf.float32)
+    if labels.shape.rank == 2:
+        labels = tf.argmax(labels, axis=-1)
+    labels = tf.cast(labels, tf.int32)
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    in_top_k = tf.math.in_top_k(labels, logits, min(5, num_classes))
+    sums = {
+        "loss": tf.reduce_sum(loss),
+        "top1": tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
+        "top5": tf.reduce_sum(tf.cast(in_top_k, tf.float32)),
+        "examples": tf.cast(tf.shape(logits)[0], tf.float32),
+    }
+    return sums, predictions
+
+
+def make_eval_fn(task: Task):
+    """``eval_step(batch)``: one distributed eval step (a ``tf.function``) returning sums.
+
+    ``eval_step.loop(iterator, n)`` runs ``n`` steps in one ``tf.function`` (TPU needs the
+    loop on device; multi-worker runs need every worker to run the same number of steps).
+    """
+    strategy, model = task.strategy, task.model
+
+    def replica_eval(images, labels):
+        return eval_batch(model, images, labels, task.num_classes)[0]
+
+    @tf.function
+    def eval_step(batch):
+        out = strategy.run(replica_eval, args=batch)
+        return {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+
+    @tf.function
+    def eval_loop(iterator, n):
+        totals = {k: tf.constant(0.0) for k in ("loss", "top1", "top5", "examples")}
+        for _ in tf.range(n):
+            out = strategy.run(replica_eval, args=next(iterator))
+            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+            totals = {k: totals[k] + out[k] for k in totals}
+        return totals
+
+    eval_step.loop = eval_loop
+    return eval_step
+
+
+def fixed_eval_steps(task: Task, num_eval_examples: int) -> int:
+    """Eval steps that every worker can run with full batches (0: iterate the split instead).
+
+    Multi-worker and TPU runs evaluate ``floor(N / P) // (B / P)`` full global batches (P input
+    pipelines, B the global batch): the same count on every worker, static shapes. Fewer than B
+    examples are left out; the logged ``examples`` says how many were used.
+    """
+    strategy = task.strategy
+    if not (
+        distribute.is_multi_worker(strategy) or isinstance(strategy, tf.distribute.TPUStrategy)
+    ):
+        return 0
+    # One input pipeline per worker (TPUStrategy: per host).
+    pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
+    steps = (num_eval_examples // pipelines) // (task.config.batch_size // pipelines)
+    if task.config.eval_steps:
+        steps = min(steps, task.config.eval_steps)
+    if steps < 1:
+        raise ValueError(
+            f"The eval split ({num_eval_examples} examples) holds no full global batch of "
+            f"{task.config.batch_size}: lower batch_size or use more eval data."
+        )
+    return steps
+
+
+def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0, fixed_steps: int = 0):
+    """Top-1 / top-5 / loss over the eval split, with the EMA weights when there are any.
+
+    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (see
+    `fixed_eval_steps`); otherwise iterates the split (up to ``max_steps`` batches).
+    """
+    if task.ema is not None:
+        task.ema.swap()
+    try:
+        sums: dict[str, float] = {}
+        if fixed_steps:
+            out = eval_step.loop(iter(eval_ds), tf.constant(fixed_steps))
+            sums = {k: float(v) for k, v in out.items()}
+        else:
+            for i, batch in enumerate(eval_ds):
+                if max_steps and i >= max_steps:
+                    break
+                for k, v in eval_step(batch).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+    finally:
+        if task.ema is not None:
+            task.ema.swap()
+    n = max(sums.get("examples", 0.0), 1.0)
+    return {"top1": sums["top1"] / n, "top5": sums["top5"] / n, "loss": sums["loss"] / n,
+            "examples": sums["examples"]}  # fmt: skip
