@@ -1,11 +1,14 @@
 """Small shared test helpers."""
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl.testing import flagsaver
 
 from tfsd import config_names
 
@@ -83,3 +86,25 @@ def write_image_folder(root, classes=("red", "green", "blue"), per_class=16, siz
             else:
                 tf.io.write_file(str(root / name / f"{i}.png"), tf.io.encode_png(image))
     return root
+
+
+def run_cli(command, *args: str) -> tuple[int, str, str]:
+    """Runs a tfsd command's ``run_main`` in this process: ``(exit code, stdout, stderr)``.
+
+    Flags are defined when a command runs (tfsd.cli), so a command runs in-process as often as
+    needed; ``flagsaver`` restores absl's flag values afterwards. ``command`` is the module
+    (``tfsd.export``). A ``sys.exit("message")`` is exit code 1 with the message on stderr, as
+    the interpreter would report it.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            command.run_main([command.__name__, *args])
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                err.write(e.code + "\n")
+                code = 1
+            else:
+                code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()

@@ -1,9 +1,6 @@
 """Evaluation, prediction and ``tfsd.restore`` of a training run (and of its export)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +8,10 @@ import pytest
 import tensorflow as tf
 
 import tfsd
-from tests.helpers import tiny_config, write_image_folder
+from tests.helpers import run_cli, tiny_config, write_image_folder
 from tfsd import data as data_lib
+from tfsd import evaluate as evaluate_cmd
+from tfsd import predict as predict_cmd
 from tfsd.serving import predict as predict_lib
 from tfsd.serving import saved_model as saved_model_lib
 from tfsd.training import evaluation as evaluation_lib
@@ -141,30 +140,22 @@ def test_bad_inputs_get_clear_errors(run, tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_predict_command_lines(run, tmp_path):
     model_dir, images, _ = run
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    kw = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    out = subprocess.run(
-        [sys.executable, "-m", "tfsd.evaluate", f"--model_dir={model_dir}", "--weights=raw",
-         f"--output_dir={tmp_path / 'ev'}"], **kw,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])["evaluation"]
-    assert summary["examples"] > 0 and "per-class accuracy" in out.stdout
+    # In-process: flags are defined when a command runs (tfsd.cli).
+    code, out, err = run_cli(
+        evaluate_cmd, f"--model_dir={model_dir}", "--weights=raw", f"--output_dir={tmp_path / 'ev'}"
+    )
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])["evaluation"]
+    assert summary["examples"] > 0 and "per-class accuracy" in out
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
     image = str(next(images.rglob("*.png")))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG but not really")
-    out = subprocess.run(
-        [sys.executable, "-m", "tfsd.predict", f"--model_dir={model_dir}", image], **kw
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    top = json.loads(out.stdout.strip().splitlines()[-1])["predictions"][image]
+    code, out, err = run_cli(predict_cmd, f"--model_dir={model_dir}", image)
+    assert code == 0, err[-3000:]
+    top = json.loads(out.strip().splitlines()[-1])["predictions"][image]
     assert len(top) == 3 and {n for n, _ in top} == set(CLASSES)
-    out = subprocess.run(
-        [sys.executable, "-m", "tfsd.predict", f"--model_dir={model_dir}", str(bad)], **kw
-    )
-    assert out.returncode != 0 and "bad.png is not an image" in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "tfsd.evaluate", f"--model_dir={tmp_path / 'none'}"], **kw
-    )
-    assert out.returncode != 0 and "does not exist" in out.stderr
+    code, out, err = run_cli(predict_cmd, f"--model_dir={model_dir}", str(bad))
+    assert code != 0 and "bad.png is not an image" in err
+    code, out, err = run_cli(evaluate_cmd, f"--model_dir={tmp_path / 'none'}")
+    assert code != 0 and "does not exist" in err

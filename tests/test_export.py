@@ -21,9 +21,11 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from tests.helpers import randomize_batchnorm, tiny_config
+from tests.helpers import randomize_batchnorm, run_cli, tiny_config
 from tfsd import data as data_lib
+from tfsd import export as export_cmd
 from tfsd import models
+from tfsd import train as train_cmd
 from tfsd.serving import publish as publish_lib
 from tfsd.serving import saved_model as saved_model_lib
 from tfsd.serving import signatures as signatures_lib
@@ -516,26 +518,23 @@ def test_cli_train_then_export_twice(tmp_path):
         "--config.data.synthetic_eval_size=32", "--config.batch_size=16",
         "--config.total_steps=4", "--config.steps_per_loop=2",
     ]  # fmt: skip
-    kw = dict(cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    proc = subprocess.run([sys.executable, "-m", "tfsd.train", *train_flags], **kw)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    first = subprocess.run(
-        [sys.executable, "-m", "tfsd.export", f"--model_dir={run}", f"--export_dir={base}"], **kw
+    # In-process (tfsd.cli defines flags per run); the wheel's console scripts run in
+    # tests/test_install.py.
+    code, out, err = run_cli(train_cmd, *train_flags)
+    assert code == 0, out[-3000:] + err[-3000:]
+    code, out, err = run_cli(export_cmd, f"--model_dir={run}", f"--export_dir={base}")
+    assert code == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {"exported": str(base / "1")}
+    code, out, err = run_cli(
+        export_cmd, f"--model_dir={run}", f"--export_dir={base}", "--fold=false"
     )
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"exported": str(base / "1")}
-    second = subprocess.run(  # the console script
-        [str(BIN / "tfsd-export"), f"--model_dir={run}", f"--export_dir={base}", "--fold=false"],
-        **kw,
-    )
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert code == 0, err[-3000:]
     assert publish_lib.existing_versions(str(base)) == [1, 2]
     assert sorted(os.listdir(base)) == ["1", "2", "models.config"]
-    bad = subprocess.run(
-        [sys.executable, "-m", "tfsd.export", f"--model_dir={run}", f"--export_dir={base}",
-         "--version=1"], **kw,
-    )  # fmt: skip
-    assert bad.returncode != 0 and "Version 1 already exists" in bad.stderr
+    code, out, err = run_cli(
+        export_cmd, f"--model_dir={run}", f"--export_dir={base}", "--version=1"
+    )
+    assert code != 0 and "Version 1 already exists" in err
     # Both versions answer alike: folding changed nothing but the graph.
     x = tf.constant(_images(2)[:, :16, :16, :], tf.float32)
     a, b = (

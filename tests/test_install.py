@@ -49,7 +49,15 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     Path(purelib, "tfsd_deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
 
-    for script in ("tfsd-train", "tfsd-export", "tfsd-tflite", "tfsd-evaluate", "tfsd-predict"):
+    scripts = (
+        "tfsd-train",
+        "tfsd-export",
+        "tfsd-tflite",
+        "tfsd-evaluate",
+        "tfsd-predict",
+        "tfsd-plot",
+    )
+    for script in scripts:
         assert (venv / "bin" / script).is_file(), script
 
     work = tmp_path / "elsewhere"  # neither the checkout nor the virtualenv
@@ -57,7 +65,7 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TF_CPP_MIN_LOG_LEVEL="3")
     where = subprocess.run(
-        [str(python), "-c", "import tfsd, tfsd.train as t; print(tfsd.__file__); "
+        [str(python), "-c", "import tfsd, tfsd.config_names as t; print(tfsd.__file__); "
          "print(t.CONFIG_DIR)"],
         cwd=work, env=env, check=True, capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
@@ -83,3 +91,14 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     final = json.loads(run.stdout.strip().splitlines()[-1])["final_eval"]
     assert final["step"] == 3 and final["examples"] == 16
     assert (work / "run" / "checkpoints" / "checkpoint").is_file()
+    # A second console script of the wheel, on the run (tests/test_export.py runs the command
+    # in-process).
+    export = subprocess.run(
+        [str(venv / "bin" / "tfsd-export"), f"--model_dir={work / 'run'}",
+         f"--export_dir={work / 'exports'}", "--fold=false"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert json.loads(export.stdout.strip().splitlines()[-1]) == {
+        "exported": str(work / "exports" / "1")
+    }

@@ -1,16 +1,14 @@
 """tfsd.plot: the PNGs of a run exist, decode, and show exactly the run's summaries."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import tiny_config
+from tests.helpers import run_cli, tiny_config
 from tfsd import config_names
 from tfsd import layers as sd_layers
+from tfsd import plot as plot_cmd
 from tfsd.training import loop as loop_lib
 from tfsd.training import plots as plots_lib
 from tfsd.training import run_dir
@@ -77,19 +75,14 @@ def test_plots_exist_decode_and_show_the_runs_summaries(run, tmp_path):
 
 def test_cli_writes_the_pngs_and_refuses_a_missing_run(run, tmp_path):
     out = tmp_path / "png"
-    done = subprocess.run(
-        [sys.executable, "-m", "tfsd.plot", f"--model_dir={run}", f"--output_dir={out}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    code, stdout, err = run_cli(plot_cmd, f"--model_dir={run}", f"--output_dir={out}")
+    assert code == 0, err[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
         "curves.png", "effective_depth.png", "keep_rates.png", "survival_schedule.png"
     ]  # fmt: skip
-    assert str(out / "curves.png") in done.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "tfsd.plot", f"--model_dir={tmp_path / 'nothing'}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert bad.returncode != 0 and "tfsd.plot:" in bad.stderr
+    assert str(out / "curves.png") in stdout
+    code, _, err = run_cli(plot_cmd, f"--model_dir={tmp_path / 'nothing'}")
+    assert code != 0 and "tfsd.plot:" in err
 
 
 def test_config_mode_plots_a_schedule_without_training(tmp_path):
@@ -102,15 +95,14 @@ def test_config_mode_plots_a_schedule_without_training(tmp_path):
     line = fig.axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), 1 - np.arange(1, 55) / 54 * 0.5, rtol=1e-12)
     # The CLI, with a config override; both modes at once is a usage error.
-    done = subprocess.run(
-        [sys.executable, "-m", "tfsd.plot", "--config=efficientnet_b0",
-         "--config.model.survival_prob=0.6", f"--output_dir={tmp_path}"],
-        capture_output=True, text=True, check=True,
+    code, stdout, err = run_cli(
+        plot_cmd, "--config=efficientnet_b0", "--config.model.survival_prob=0.6",
+        f"--output_dir={tmp_path}",
     )  # fmt: skip
-    assert str(tmp_path / "survival_schedule_efficientnet_b0.png") in done.stdout
-    both = subprocess.run(
-        [sys.executable, "-m", "tfsd.plot", "--config=efficientnet_b0", f"--model_dir={tmp_path}",
-         f"--output_dir={tmp_path}"],
-        capture_output=True, text=True,
+    assert code == 0, err[-3000:]
+    assert str(tmp_path / "survival_schedule_efficientnet_b0.png") in stdout
+    code, _, err = run_cli(
+        plot_cmd, "--config=efficientnet_b0", f"--model_dir={tmp_path}",
+        f"--output_dir={tmp_path}",
     )  # fmt: skip
-    assert both.returncode != 0 and "not both" in both.stderr
+    assert code != 0 and "not both" in err

@@ -12,8 +12,6 @@ Agreement is measured on VERIFY held-out eval images, disjoint from the CALIBRAT
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +20,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import run_cli
 from tfsd import data as data_lib
 from tfsd import models
+from tfsd import tflite as tflite_cmd
 from tfsd.serving import saved_model as saved_model_lib
 from tfsd.serving import tflite_convert, tflite_export, tflite_fallback, tflite_verify
 
@@ -354,14 +354,13 @@ def test_eval_data_comes_from_the_run_and_is_disjoint(tmp_path):
 def test_cli_int8_uint8_io_then_verify(serving, tmp_path):
     model = serving("resnet")
     out = tmp_path / "resnet.tflite"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "tfsd.tflite", f"--saved_model={model.path}",
-           f"--output={out}", "--quantize=int8", "--int8_io",
-           "--representative_config=cifar10_resnet110:runlocal", "--calibration_steps=50",
-           "--verify_images=100"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "top-1 agreement" in proc.stdout and "no Flex op" in proc.stdout
+    code, stdout, err = run_cli(
+        tflite_cmd, f"--saved_model={model.path}", f"--output={out}", "--quantize=int8",
+        "--int8_io", "--representative_config=cifar10_resnet110:runlocal",
+        "--calibration_steps=50", "--verify_images=100",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "top-1 agreement" in stdout and "no Flex op" in stdout
     report = json.loads((tmp_path / "resnet.tflite.json").read_text())
     assert report["quantization"] == "int8" and report["int8_io"] is True
     assert report["calibration_images"] == 50 and report["images"] == 100

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
-from tests.helpers import apply_changes, tiny_config
+from tests.helpers import apply_changes, run_cli, tiny_config
 from tfsd import config_lib, config_names, models
 from tfsd import data as data_lib
 from tfsd import layers as sd_layers
+from tfsd import train as train_cmd
 from tfsd.training import loop as loop_lib
 from tfsd.training import optim, run_dir
 from tfsd.training import step as step_lib
@@ -161,14 +163,25 @@ def test_lr_schedules():
 
 
 def test_cli_override_typo_fails_with_close_match(tmp_path):
-    proc = _cli(["--config=cifar10_resnet110:runlocal", f"--model_dir={tmp_path}",
-                 "--config.lr.bse=0.5"])  # fmt: skip
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert 'Did you mean "base"' in out
-    proc = _cli(["--config=cifar10_resnet11", f"--model_dir={tmp_path}"])
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "cifar10_resnet110" in out
+    # In-process: flags are defined when the command runs (tfsd.cli), under flagsaver.
+    code, out, err = run_cli(
+        train_cmd, "--config=cifar10_resnet110:runlocal", f"--model_dir={tmp_path}",
+        "--config.lr.bse=0.5",
+    )  # fmt: skip
+    assert code != 0
+    assert 'Did you mean "base"' in out + err
+    code, out, err = run_cli(train_cmd, "--config=cifar10_resnet11", f"--model_dir={tmp_path}")
+    assert code != 0 and "cifar10_resnet110" in out + err
+    assert list(tmp_path.iterdir()) == []  # nothing written for a bad command line
+
+
+def test_commands_define_their_flags_only_when_they_run_and_again_in_one_process(tmp_path):
+    assert "model_dir" not in flags.FLAGS or flags.FLAGS["model_dir"].value is None
+    for _ in range(2):  # a second run in one process redefines the flags (no duplicate error)
+        code, _, err = run_cli(train_cmd, f"--model_dir={tmp_path}")
+        assert code == 1 and "--config and --model_dir are required" in err
+    code, _, err = run_cli(train_cmd, "--config=cifar10_resnet110", "stray")
+    assert code == 1 and "Unexpected arguments: ['stray']" in err
 
 
 def test_resume_with_different_config_fails_with_diff(tmp_path):

@@ -104,4 +104,17 @@ class Command:
                 raise app.UsageError(f"Unexpected arguments: {args[1:]}")
             main(args)
 
-        app.run(checked, argv=argv)
+        app.run(checked, argv=argv, flags_parser=self._parse)
+
+    def _parse(self, argv: list[str]) -> list[str]:
+        """absl's parser, with a bad ``--config.FIELD=VALUE`` override as a one-line error."""
+        try:
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            # ml_collections raises these, not absl's flags.Error, for an unknown field or a
+            # value of the wrong type (config_dict.py __getattr__/__setattr__); unwrap to its text.
+            inner: Any = e.args[0] if e.args else e
+            while isinstance(inner, BaseException) and inner.args:
+                inner = inner.args[0]
+            self.fail(f"bad command line: {inner}")
+            raise  # unreachable: fail() exits
