@@ -1,70 +1,13 @@
 """TF-native stochastic depth layers (the survival schedules are in `tfsd.schedules`).
 
-Stochastic depth (Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth",
-ECCV 2016, arXiv:1603.09382) trains a residual network whose blocks are randomly dropped:
+`StochasticDepth` (a ``[shortcut, residual]`` pair, as TF Addons and keras-cv) and
+`StochasticResidual` (holds the branch; skips a dropped branch's compute) implement stochastic
+depth as in Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016,
+arXiv:1603.09382, with per-batch (paper) or per-example (timm DropPath, EfficientNet
+``drop_connect``) gates and the paper's or inverted scaling.
 
-    training:   H_l = shortcut + b_l * f_l(H_{l-1}),   b_l ~ Bernoulli(p_l)
-    inference:  H_l = shortcut + p_l * f_l(H_{l-1})
-
-Two layers implement it:
-
-* `StochasticDepth` takes an already computed ``[shortcut, residual]`` pair (the two-input form of
-  TF Addons and keras-cv) and multiplies the residual by a gate.
-* `StochasticResidual` holds the residual *branch* as a sub-layer. In ``mode="batch"`` during
-  training it evaluates the branch inside a ``tf.cond``, so a dropped block's branch is not run at
-  all, forward or backward, and its BatchNorm statistics are not updated. This is the paper's
-  training-time saving (Table 2: ~25% with p_L = 0.5); mask-multiply implementations pay full price.
-  With ``mode="sample", sample_skip=True`` it runs the branch on the kept examples only (gather,
-  branch, scatter back; DINOv2's ``drop_add_residual_stochastic_depth`` applied to per-example
-  stochastic depth), so a dropped example costs nothing either.
-
-Conventions (see ``../shared/REFERENCES.md``, "Variants in the wild"):
-
-* ``mode="batch"``: one gate per call, shared by the whole mini-batch (paper, tfa, keras-cv).
-  ``mode="sample"``: one gate per example, broadcast over the other axes (timm DropPath,
-  EfficientNet ``drop_connect``, Composer ``sample``).
-* ``scale_at="inference"``: the paper's scaling; the residual is multiplied by p at inference.
-  ``scale_at="train"``: inverted scaling (timm, keras.applications, TF EfficientNet); kept residuals
-  are divided by p during training and inference is the plain sum.
-
-Randomness. Every gate comes from ``tf.random.stateless_uniform`` (full-range uint32 Philox draws,
-kept when below ``round(p * 2**32)``: bit-identical on CPU, GPU and under XLA), with
-``alg="philox"`` named everywhere. The Philox key of a layer's draw at one step is::
-
-    key = fold_in(fold_in(fold_in([0, seed], name_hash), step), replica)
-
-where ``fold_in`` is ``tf.random.experimental.stateless_fold_in(seed, data, alg="philox")`` (it
-returns ``[uniform_full_int(seed), data]``) and
-
-* ``seed``: the layer's integer seed (``seed=None`` draws one from Python's ``random`` module at
-  construction, which ``keras.utils.set_random_seed`` controls; the drawn value is stored in
-  ``get_config`` so a saved model keeps its random stream).
-* ``name_hash``: the first 8 bytes of ``hashlib.sha256(layer.name.encode("utf-8")).digest()`` read
-  as a little-endian *signed* int64 (see `name_hash`). Python's ``hash()`` is salted per process
-  and is not used. Layer names are unique within a Keras model and kept by ``get_config``, so
-  blocks built with one shared seed (``StochasticDepth(p, seed=42)`` in a loop) still draw
-  independent gates, and a ``.keras`` round trip keeps every stream. Keras makes up names such as
-  ``stochastic_depth_3`` from a per-session counter: name the layers (as the tfsd builders do) if
-  a model rebuilt in the same process must draw the same gates.
-* ``step``: a non-trainable int64 variable of the layer (``<layer>/sd_step``) incremented by every
-  training call. It is part of the model's weights and of every checkpoint, so a resumed run
-  continues the same stream. It is a sync-on-read variable: each replica increments its own copy
-  without communication and checkpoints save replica 0's value.
-* ``replica``: ``tf.distribute.get_replica_context().replica_id_in_sync_group`` (0 outside a
-  strategy), so each replica draws its own gates. ``sync_replicas=True`` folds in 0 instead, so
-  every replica draws the same gates: required when the branch holds cross-replica ops (e.g.
-  synchronized BatchNorm), so replicas never take different control flow.
-
-The inner fold depends only on the layer, and ``fold_in(k, step)`` is ``[uniform_full_int(k),
-step]``, so ``uniform_full_int(fold_in([0, seed], name_hash))`` is computed once (eagerly, on first
-use) and a training step runs two Philox calls per layer: the replica fold and the draw itself.
-One fused draw for all the blocks of a model would need the model, not the layer, to own the
-stream (a draw keyed on a block's position, handed to each block): that breaks the per-layer,
-name-keyed streams above and the two-input ``[shortcut, residual]`` API, so tfsd keeps one draw
-per layer (``benchmarks/stochastic_depth_speed.py`` measures what fusing would save).
-
-Inference (``training`` False or None) builds no random op, and ``survival_prob=1.0`` is an exact
-identity ``shortcut + residual`` in every mode and phase.
+See docs/layers.md (usage, inference, schedules) and its section "Reference: tfsd/layers.py"
+(formulas, conventions, the Philox gate-key specification).
 """
 
 from __future__ import annotations
@@ -186,6 +129,8 @@ class StochasticDepth(keras.layers.Layer):
         if not isinstance(sync_replicas, bool):
             raise ValueError(f"sync_replicas must be a bool, got {sync_replicas!r}.")
         if seed is None:
+            # Python's random, which keras.utils.set_random_seed controls; get_config stores the
+            # drawn value, so a saved model keeps its random stream.
             seed = random.randint(0, 2**31 - 1)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}.")
@@ -265,9 +210,9 @@ class StochasticDepth(keras.layers.Layer):
     def layer_key(self) -> int:
         """``k = uniform_full_int(fold_in([0, seed], name_hash(name)))``, this layer's constant.
 
-        The key of the draw at ``step`` on ``replica`` is ``fold_in([k, step], replica)``; see the
-        module docstring. Computed eagerly once (a Philox call on two constants), so the training
-        graph holds it as a constant.
+        The key of the draw at ``step`` on ``replica`` is ``fold_in([k, step], replica)``; see
+        docs/layers.md, "Reference: tfsd/layers.py". Computed eagerly once (a Philox call on two
+        constants), so the training graph holds it as a constant.
         """
         if self._layer_key is None:
             with tf.init_scope():  # eager even when first called while tracing a tf.function
@@ -285,6 +230,9 @@ class StochasticDepth(keras.layers.Layer):
 
     def _draw_keep(self, batch_size: Any, rank: int) -> tf.Tensor:
         """Draws the Bernoulli(p) keep decisions (bool) and advances the step counter."""
+        # One draw per layer and step, not one fused draw for the whole model: fusing would make
+        # the model own the stream (keyed on block position), breaking the per-layer name-keyed
+        # streams and the two-input API (benchmarks/stochastic_depth_speed.py times the saving).
         step = tf.identity(self.step.value)
         # [k, step] is exactly stateless_fold_in(fold_in([0, seed], name_hash), step): fold_in
         # returns [uniform_full_int(seed), data] (tensorflow/python/ops/stateless_random_ops.py).

@@ -1,69 +1,13 @@
 """EfficientNet-B0…B7 and EfficientNet-Lite0…4 with per-sample stochastic depth.
 
-References:
-  * Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019,
-    arXiv:1905.11946, and its TF reference (``tensorflow/tpu``, ``models/official/efficientnet``:
-    ``efficientnet_builder.py``, ``efficientnet_model.py``, ``lite/efficientnet_lite_builder.py``).
-  * keras.applications ``efficientnet.py`` (Keras 3.15), which the B-models match layer for layer:
-    same layer names, weight shapes, initialisers, padding and BatchNorm settings, so its weights
-    port by name (`tfsd.models.import_keras.load_keras_applications_weights`) and give the same
-    logits.
+Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019,
+arXiv:1905.11946, and its TF reference (``tensorflow/tpu``, ``models/official/efficientnet``,
+Lite: ``lite/efficientnet_lite_builder.py``). The B-models match keras.applications
+``efficientnet.py`` (Keras 3.15) layer for layer (names, shapes, initialisers, padding, BatchNorm),
+so its weights port by name; stochastic depth is the reference's ``drop_connect``.
 
-Names defined here:
-  * ``efficientnet_b0`` … ``efficientnet_b7``: MBConv blocks (1×1 expand, depthwise k×k, squeeze
-    and excitation with 0.25 × the block's input channels, 1×1 project), swish, compound scaling of
-    the B0 stage table by the variant's (width, depth, resolution, dropout) row.
-  * ``efficientnet_lite0`` … ``efficientnet_lite4``: the TF reference's
-    ``efficientnet_lite_builder``: ReLU6 instead of swish, no squeeze-and-excitation, and
-    ``fix_head_stem=True``: the stem (32) and head (1280) convs are not width-scaled and the first
-    and last stages' repeats are not depth-scaled. Meant for int8 quantization (REFERENCES.md:
-    Lite0 4.7M params, 75.1% top-1). Trainable counts (Lite0 4,652,008) round to timm's for its
-    ``tf_efficientnet_lite0…4`` ports of the reference checkpoints (4.65M … 13.01M).
-  * "block": one MBConv block ``blockXy`` (stage X = 1…7, repeat y = a, b, …); only blocks with an
-    identity skip (stride 1 and input channels = output channels) are residual.
-
-Scaling rules (as the reference and keras.applications): filters ``c · width`` rounded to the
-nearest multiple of 8, never below 90% of the unrounded value (`round_filters`); repeats
-``ceil(depth · repeats)`` (`round_repeats`).
-
-Stochastic depth (the reference's ``drop_connect``, keras.applications' ``blockXy_drop``): block i
-of the N blocks (i = 0…N−1, counted over *all* blocks after depth rounding, skip or not) survives
-with ``1 − r · i / N``, r = 1 − ``survival_prob`` (``rule="efficientnet"``,
-`tfsd.layers.efficientnet_rule`; the reference computes ``1.0 - drop_rate * float(idx) /
-len(self._blocks)`` with ``drop_rate = 1.0 - survival_prob``, keras.applications
-``drop_connect_rate * b / blocks``). Any other rule of `tfsd.layers.RULES` can be chosen with
-``rule=``; it also counts all N blocks. Only blocks with an identity skip get a stochastic-depth
-layer, as in the reference: the branch becomes the sub-model ``blockXy_branch`` wrapped by the
-`tfsd.layers.StochasticResidual` ``blockXy_drop`` (see `tfsd.models.common.residual`); every
-layer keeps its keras.applications name. B0 has N = 16 blocks, 9 of them residual; the last residual
-block (``block6d``, i = 14) survives with 1 − 0.2 · 14 / 16 = 0.825.
-
-Defaults and why:
-  * ``survival_prob=0.8`` (drop-connect rate 0.2 for every variant, as the reference),
-    ``sd_mode="sample"`` (one gate per example, the reference's ``drop_connect``) and
-    ``sd_scale_at="train"`` (kept branches divided by p in training, identity at inference: the
-    reference's and keras.applications' convention, so imported weights need no folding).
-    ``sd_scale_at="inference"`` works too; `load_keras_applications_weights` then folds 1/p into
-    each residual block's ``project_bn``.
-  * ``sample_skip=None`` (the mask form): every branch runs on the whole batch, so BatchNorm sees
-    the batch keras.applications' does and training outputs match it bit for bit for equal gates.
-    ``sample_skip=True`` runs each residual branch on its kept examples only (see
-    `tfsd.layers.StochasticResidual`; not under XLA).
-  * BatchNorm momentum 0.99 and epsilon 1e-3 (reference and keras.applications).
-  * keras.applications' initialisers: conv kernels VarianceScaling(2, fan_out, truncated normal),
-    classifier VarianceScaling(1/3, fan_out, uniform), zero biases.
-  * Stride-2 convs use keras.applications' explicit zero padding (``correct_pad``: one pixel fewer
-    before than after for even sizes), which reproduces TF "same" padding of the reference.
-
-Inputs are images with values in [0, 255] (float or uint8, cast to float32 by the model's input),
-normalised inside the model (`tfsd.models.common.normalize_pixels`, ImageNet statistics by
-default); outputs are float32 logits (no softmax), also under ``mixed_float16`` or
-``mixed_bfloat16``. ``include_top=False`` returns the ``top_activation`` feature map instead.
-
-Example:
-  >>> from tfsd.models import create_model
-  >>> model = create_model("efficientnet_b0", num_classes=1000)            # p = 0.8, per sample
-  >>> model = create_model("efficientnet_lite0", num_classes=10, input_shape=(128, 128, 3))
+See docs/models.md, "Reference: tfsd/models/efficientnet.py" (names, scaling rules, stochastic
+depth, defaults and why).
 """
 
 from __future__ import annotations
@@ -354,7 +298,7 @@ def efficientnet(
       dropout: dropout rate before the classifier, in [0, 1); 0 adds no ``top_dropout`` layer.
       sd: stochastic-depth settings (`common.SDConfig`), default `EFFICIENTNET_SD`:
         ``survival_prob=0.8`` = 1 − the drop-connect rate r, with ``rule="efficientnet"`` block i
-        of N survives with 1 − r·i/N (module docstring; 1.0 adds no stochastic-depth layer);
+        of N survives with 1 − r·i/N (docs/models.md; 1.0 adds no stochastic-depth layer);
         ``mode="sample"`` (the reference's drop_connect; "batch" is the paper's whole-batch gate,
         dropped branches skipped); ``scale_at="train"`` (inverted scaling as the reference);
         ``seed=0`` (block i gets ``common.block_seed(seed, i)``, the head dropout block N's);

@@ -1,39 +1,12 @@
 """Importing keras.applications EfficientNet weights into tfsd EfficientNets.
 
-`load_keras_applications_weights` copies the weights of a keras.applications EfficientNet (a model
-instance, or a weights file) into the tfsd model with the same architecture
-(`tfsd.models.efficientnet`), layer by layer, checking every shape. Layers are matched by their
-keras.applications name (``stem_conv``, ``block2b_expand_conv``, ``top_bn``, ``predictions``…);
-tfsd keeps those names also for layers that live inside a residual block's branch sub-model.
+`load_keras_applications_weights` copies a keras.applications EfficientNet (a model, a legacy
+``.h5`` or a Keras 3 ``.weights.h5`` file) into the tfsd EfficientNet of the same architecture
+(`tfsd.models.efficientnet`), matching keras.applications layer names and checking every shape,
+and reconciles the input normalisation and the stochastic-depth scaling convention.
 
-Three weight sources are understood:
-
-* a ``keras.Model`` built by ``keras.applications.EfficientNetB*``: matched by layer name;
-* a legacy HDF5 weights file (``efficientnetb0.h5``, ``efficientnetb0_notop.h5``: the files
-  keras.applications downloads for ``weights="imagenet"``, or any ``save_weights`` file of the
-  Keras 2 era, or a legacy full-model ``.h5``): groups by layer name, matched by name;
-* a Keras 3 ``.weights.h5`` file (``model.save_weights``): Keras 3 does not store layer names,
-  only ``layers/<class>_<k>`` groups numbered per class in the model's layer order, so the k-th
-  Conv2D of the file goes to the k-th Conv2D of the tfsd model in the same order. An architecture
-  mismatch still fails: a layer count or a shape that differs raises.
-
-Input normalisation. keras.applications normalises inside the model: Rescaling(1/255), then
-Normalization(mean, variance) and, only when built with ``weights="imagenet"``, an extra
-Rescaling(1/sqrt(std)) per channel (its source: the ImageNet file's Normalization holds the
-standard deviations where variances belong, tensorflow/tensorflow#49930). With ``weights=None`` the
-Normalization is un-adapted (mean 0, variance 1) and there is no extra rescaling. The importer folds
-the source's whole chain into tfsd's single ``normalization`` layer, so the two models see the same
-normalised image. A file does not record its Rescaling layers: for a Keras 3 ``.weights.h5`` the
-extra one shows as a second ``rescaling`` group, a legacy full-model ``.h5`` has its config, and a
-legacy weights-only ``.h5`` is taken to be keras.applications' ImageNet file, which
-keras.applications always uses with the extra rescaling; ``imagenet_rescaling=`` overrides the
-guess for files.
-
-Stochastic-depth scaling. keras.applications uses inverted scaling (identity at inference), as
-tfsd's default ``sd_scale_at="train"``. A tfsd model built with ``sd_scale_at="inference"``
-computes ``shortcut + p · branch`` at inference, so the importer multiplies each residual block's
-branch output by 1/p (`tfsd.models.folding.match_inverted_scaling`, on ``blockXy_project_bn``) and
-inference outputs match.
+See docs/models.md, "Reference: tfsd/models/import_keras.py" (weight sources, input
+normalisation, stochastic-depth scaling).
 """
 
 from __future__ import annotations
@@ -53,7 +26,8 @@ from tfsd.models import common
 from tfsd.models.folding import match_inverted_scaling
 
 # keras.applications efficientnet.py's IMAGENET_STDDEV_RGB (the same numbers as tfsd's ImageNet
-# std): the extra Rescaling is 1/sqrt of these.
+# std): the extra Rescaling is 1/sqrt of these. keras.applications adds it only with
+# weights="imagenet", whose Normalization holds stds where variances belong (tensorflow#49930).
 IMAGENET_STDDEV_RGB = common.IMAGENET_STD
 
 # -------------------------------------------------------------------------------------------------
@@ -203,6 +177,7 @@ def _read_keras3_h5(
             f"include_top?"
         )
     if imagenet_rescaling is None:
+        # The file does not record Rescaling layers, but the extra one leaves a second group.
         imagenet_rescaling = "rescaling_1" in groups
     if imagenet_rescaling:
         src.extra_scale = 1.0 / np.sqrt(np.asarray(IMAGENET_STDDEV_RGB, "float64"))
@@ -300,7 +275,7 @@ def load_keras_applications_weights(
 
     Every weight-carrying layer of ``model`` (nested branch sub-models included) gets the weights
     of the source layer with the same keras.applications name, after a shape check; the input
-    normalisation and the stochastic-depth scaling convention are reconciled (module docstring),
+    normalisation and the stochastic-depth scaling convention are reconciled (docs/models.md),
     so ``model(x, training=False)`` equals the source's output for every input.
 
     Example:
@@ -312,7 +287,7 @@ def load_keras_applications_weights(
       source: a ``keras.applications.EfficientNetB*`` model, or the path of its weights: a legacy
         ``.h5`` file (the ImageNet files keras.applications ships) or a Keras 3 ``.weights.h5``.
       imagenet_rescaling: for file sources, whether the source applies keras.applications' extra
-        ``weights="imagenet"`` Rescaling(1/sqrt(std)); None guesses (module docstring). Must be
+        ``weights="imagenet"`` Rescaling(1/sqrt(std)); None guesses (docs/models.md). Must be
         None for a model source, whose layers say it exactly.
       skip_layers: names of ``model`` layers to leave as initialised, e.g. ``("predictions",)`` to
         fine-tune a new classifier from ``efficientnetb0_notop.h5``.

@@ -1,54 +1,12 @@
 """Importing PyTorch ResNet weights (torchvision / timm state dicts in ``.safetensors``).
 
-`load_torch_resnet_weights` copies a torchvision or timm ResNet state dict into the tfsd ResNet
-of the same architecture (`tfsd.models.resnet`), tensor by tensor, checking every shape before it
-assigns anything. The file is read with the ``safetensors`` package's NumPy API
-(``safetensors.numpy.load_file``): no torch at run time. A ``.pth`` checkpoint converts once, where
-torch is installed, with ``safetensors.torch.save_file(torch.load(path), "resnet50.safetensors")``.
+`load_torch_resnet_weights` copies a torchvision or timm ResNet state dict (torchvision
+``resnet.py`` naming) into the tfsd ResNet of the same architecture (`tfsd.models.resnet`), tensor
+by tensor, checking every shape before it assigns anything. The file is read with
+``safetensors.numpy``: no torch at run time.
 
-Which models map:
-  * ``resnet18`` … ``resnet152`` (v1.5, torchvision layout): torchvision ``resnet{18…152}`` and
-    timm's plain ``resnet{18…152}`` (timm's ``resnet50d`` and other deep-stem or avg-down variants
-    have other tensors and are refused, naming them).
-  * ``cifar_resnet*``: a CIFAR ResNet in the same naming (``conv1``/``bn1``, ``layer1…3``, head
-    ``fc`` or ``linear``, e.g. github.com/akamaster/pytorch_resnet_cifar10) with the parameter-free
-    option-A shortcut. A source with ``downsample`` projections (option B) is refused: tfsd's CIFAR
-    ResNets have no weights for them.
-
-Name mapping (torchvision ``resnet.py``; tfsd keeps keras.applications' names):
-
-  ===================================  ==========================================
-  torch                                tfsd layer
-  ===================================  ==========================================
-  ``conv1``, ``bn1``                   ``conv1_conv``, ``conv1_bn``
-  ``layer{s}.{b}.conv{z}``, ``bn{z}``  ``conv{s+1}_block{b+1}_{z}_conv``, ``_{z}_bn``
-  ``layer{s}.{b}.downsample.0``, ``.1``  ``conv{s+1}_block{b+1}_0_conv``, ``_0_bn``
-  ``fc`` (or ``linear``)               ``predictions``
-  ===================================  ==========================================
-
-Tensor layouts: conv weights OIHW → Keras HWIO (``transpose(2, 3, 1, 0)``); ``fc.weight``
-``[out, in]`` → Dense kernel ``[in, out]``; BatchNorm ``weight``, ``bias``, ``running_mean``,
-``running_var`` → gamma, beta, moving mean, moving variance (``num_batches_tracked`` is a training
-counter with no Keras counterpart and is ignored).
-
-BatchNorm epsilon. torchvision and timm use PyTorch's default eps = 1e-5, as tfsd's ResNets
-(``bn_epsilon=1e-5``), so the statistics copy unchanged. A model built with another
-``bn_epsilon`` gets ``moving_variance = running_var + 1e-5 − bn_epsilon``, which keeps
-``var + eps`` and so inference outputs exactly (``source_bn_epsilon`` names the source's eps); a
-negative result is refused.
-
-Input normalisation. torchvision models take ``(x / 255 − mean) / std`` computed *outside* the
-model (``transforms.ToTensor()`` then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``); tfsd models
-take [0, 255] images and compute the same inside (``rescaling`` then ``normalization``, see
-`tfsd.models.common.normalize_pixels`). The importer sets the ``normalization`` layer to the
-source's ``mean`` and ``std`` (ImageNet's by default; pass the training statistics of a CIFAR
-source), so the first convolution sees what the PyTorch model saw.
-
-Stochastic-depth scaling. torchvision has no stochastic depth; timm's ``drop_path`` uses inverted
-scaling (identity at inference). A tfsd ResNet built with ``sd_scale_at="inference"`` (its default)
-computes ``shortcut + p · branch`` at inference, so the importer multiplies each block's branch
-output by 1/p (`tfsd.models.folding.match_inverted_scaling`, on the branch's last BatchNorm):
-inference outputs then equal the PyTorch model's.
+See docs/models.md, "Reference: tfsd/models/import_torch.py" (which models map, name mapping,
+tensor layouts, BatchNorm epsilon, input normalisation, stochastic-depth scaling).
 """
 
 from __future__ import annotations
@@ -179,7 +137,8 @@ def load_torch_resnet_weights(
 
     After the import, ``model(images, training=False)`` on [0, 255] images equals the PyTorch
     model's ``eval()`` output on ``Normalize(mean, std)(images / 255)`` (NCHW), up to float
-    rounding (module docstring: mapping, layouts, BatchNorm eps, normalisation, SD scaling).
+    rounding (docs/models.md, "Reference: tfsd/models/import_torch.py": mapping, layouts,
+    BatchNorm eps, normalisation, SD scaling).
 
     Example:
       >>> model = create_model("resnet50", num_classes=10, survival_prob=0.8)
@@ -238,7 +197,7 @@ def load_torch_resnet_weights(
                     f"{model.name!r} has shape {tuple(variable.shape)}.{hint}"
                 )
             if variable.name == "moving_variance":
-                # Keep var + eps: the normalised activations do not change (module docstring).
+                # Keep var + eps: the normalised activations do not change.
                 layer_eps = _owner_epsilon(model, layer_name)
                 array = array + source_bn_epsilon - layer_eps
                 if np.any(array < 0):
@@ -253,7 +212,7 @@ def load_torch_resnet_weights(
         k
         for k in state
         if k not in used
-        and not k.endswith(".num_batches_tracked")
+        and not k.endswith(".num_batches_tracked")  # a training counter, no Keras counterpart
         and not (not has_head and k.split(".")[0] in _HEADS)
     )
     if unused:
@@ -265,6 +224,8 @@ def load_torch_resnet_weights(
 
     _check_vector(mean, "mean", model)
     _check_vector(std, "std", model)
+    # torchvision computes (x / 255 − mean) / std outside the model, tfsd inside: same first-conv
+    # input from [0, 255] images.
     chain_source = _Source(f"torch normalisation mean={tuple(mean)}, std={tuple(std)}")
     chain_source.input_chain = [
         ("rescale", np.asarray(1.0 / 255.0), 0.0),

@@ -1,69 +1,13 @@
 """ResNets with stochastic depth: the paper's CIFAR ResNets and ImageNet ResNet-18…152 (v1.5).
 
-References:
-  * He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (ResNet; the
-    CIFAR family of 6n + 2 layers is its section 4.2).
-  * Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016,
-    arXiv:1603.09382, and its Torch code (github.com/yueatsprograms/Stochastic_Depth, ``main.lua``
-    and ``ResidualDrop.lua``), which the CIFAR models match.
-  * torchvision ``resnet.py`` (and timm ``resnet.py``), which the ImageNet models match layer for
-    layer, so weights port; trainable parameter counts are equal (pinned in the tests).
+ResNet: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016. The CIFAR
+models match Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic Depth", ECCV 2016,
+arXiv:1603.09382, and its Torch code (github.com/yueatsprograms/Stochastic_Depth); the ImageNet
+models match torchvision (and timm) ``resnet.py`` layer for layer, so weights port. ResNet-50 here
+is v1.5 (stride on the 3×3 conv, no conv bias), as in torchvision and timm; keras.applications'
+ResNet50 is v1.
 
-Names defined here:
-  * ``cifar_resnet{20,32,44,56,110,1202}``: 6n + 2 layers, n = 3, 5, 7, 9, 18, 200 basic blocks in
-    each of three stages of 16/32/64 channels (paper section 4). A down-sampling block's shortcut
-    is parameter free, as in the stochastic-depth code (He et al.'s "option A"): a 1×1 average pool
-    with stride 2 (a subsample of even rows and columns) followed by zero channels appended after
-    the existing ones (``nn.Padding(1, nOut - nIn, 3)``).
-  * ``resnet{18,34,50,101,152}``: ImageNet ResNets **v1.5** (stride on the 3×3 conv of the
-    bottleneck, no conv bias, 1×1 conv + BN projection shortcut where the shape changes), as in
-    torchvision and timm; keras.applications' ``ResNet50`` is v1 (stride on the first 1×1 conv,
-    conv biases, 25,636,712 parameters) and is *not* what ``resnet50`` builds here.
-  * "block": one residual unit ``H_l = ReLU(b_l · f_l(H_{l-1}) + shortcut(H_{l-1}))``; the ReLU
-    after the sum is outside the branch f_l, so a dropped block still applies it (paper eq. 2).
-
-Stochastic depth. Every residual branch of every model is wrapped by `tfsd.models.common.residual`
-(a `tfsd.layers.StochasticResidual`), including the down-sampling blocks, whose shortcut is passed
-separately so a dropped block outputs ReLU(shortcut). Survival rates follow
-`tfsd.layers.survival_schedule` over all L blocks in order (``rule="linear"``: the paper's
-p_l = 1 − (l / L)(1 − p_L), l = 1…L). The paper's code counts L the same way: ``main.lua`` collects
-every ``nn.ResidualDrop`` module, down-sampling ones included, and sets
-``deathRate = i / #addtables * opt.deathRate`` for the i-th, so ResNet-110 has L = 54 blocks, the
-first survives with 1 − 0.5 / 54 and the last with p_L = 0.5.
-
-Defaults and why:
-  * CIFAR: p_L = 0.5, ``sd_mode="batch"``, ``sd_scale_at="inference"``, all as in the paper.
-  * ImageNet: p_L = 0.8, ``sd_mode="batch"`` (dropped branches are skipped, forward and backward),
-    ``sd_scale_at="inference"``. The paper's p_L = 0.5 gave no gain on ImageNet (ResNet-152:
-    21.78% → 21.98% top-1 error); Composer's block-wise drop (rate 0.2 on ResNet-50) trains ~5%
-    faster at similar accuracy. With the linear rule p_L = 0.8 drops 10% of blocks on average.
-  * No conv bias anywhere. Every conv is followed by BatchNorm, which subtracts the batch mean, so
-    a conv bias has zero gradient in training and is absorbed by the moving mean at inference. The
-    paper's code builds cudnn convs *with* zero-initialised biases (4,048 extra, dead parameters on
-    ResNet-110); we follow fb.resnet.torch, torchvision and timm, which have none, so CIFAR
-    ResNet-110 has 1,727,962 trainable parameters (the paper's "1.7M").
-  * BatchNorm momentum 0.9 and epsilon 1e-5: Keras momentum is 1 − Torch momentum, and every
-    reference here is Torch with its default 0.1. keras.applications' ResNets use Keras' default
-    0.99 (epsilon 1.001e-5) and TF Model Garden 0.99 (epsilon 1e-3): pass ``bn_momentum`` and
-    ``bn_epsilon`` for those.
-  * Initialisation as the references: He-normal convs (the paper's code: fan-in, gain √2;
-    torchvision: fan-out), Torch's default uniform(±1/√fan_in) classifier kernel, zero biases.
-  * Weight decay is the training loop's job: no layer carries a regularizer.
-
-Layers are named as in keras.applications (``conv1_conv``, ``conv2_block1_1_conv``,
-``conv2_block1_0_conv`` for a projection, ``conv2_block1_out``, ``avg_pool``, ``predictions``) so
-weights port by name; with stochastic depth on, a block's branch layers live in the sub-model
-``conv2_block1_branch`` wrapped by ``conv2_block1_drop`` (see `tfsd.models.common.residual`).
-
-Inputs are images with values in [0, 255] (float or uint8; cast to float32 by the model), normalised
-inside the model (`tfsd.models.common.normalize_pixels`); outputs are float32 logits, also under a
-``mixed_float16`` or ``mixed_bfloat16`` global policy.
-
-Example:
-  >>> from tfsd.models import create_model
-  >>> model = create_model("cifar_resnet110", num_classes=10)           # paper defaults
-  >>> model = create_model("resnet50", num_classes=1000, survival_prob=1.0)  # plain ResNet-50
-  >>> model = create_model("resnet50", num_classes=1000, survival_prob=0.9, rule="timm_resnet")
+See docs/models.md, "Reference: tfsd/models/resnet.py" (names, stochastic depth, defaults and why).
 """
 
 from __future__ import annotations
@@ -170,6 +114,9 @@ class _Ops:
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
         """Conv without bias, padded as Torch (``padding = kernel // 2`` on every side).
+
+        No bias: BatchNorm follows every conv, so a bias would be dead (zero gradient, absorbed by
+        the moving mean), as in fb.resnet.torch, torchvision and timm (the paper's code has them).
 
         Keras' "same" pads an even input asymmetrically (0 before, 1 after) when the stride is 2,
         Torch pads 1 on both sides; explicit zero padding then "valid" keeps Torch's sampling grid,
@@ -293,7 +240,9 @@ def _build(
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}.")
     num_blocks = sum(s.blocks for s in stages)
-    rates = sd.schedule(num_blocks)  # 1.0 everywhere when survival_prob = 1
+    # L counts every block, down-sampling ones included, as the paper's main.lua (ResNet-110:
+    # L = 54). 1.0 everywhere when survival_prob = 1.
+    rates = sd.schedule(num_blocks)
     sample_skip = common.resolve_sample_skip(sd.sample_skip, sd.mode, SAMPLE_SKIP_DEFAULT)
     sd.check_sync_bn(sync_bn, sample_skip)
     ops = _Ops(bn_momentum, bn_epsilon, sync_bn, conv_fan)
@@ -338,6 +287,8 @@ def _build(
                 sample_skip=sample_skip,
                 shortcut=_shortcut(ops, x, shortcut, out_channels, stride, prefix),
             )
+            # The ReLU follows the sum, outside the branch: a dropped block still applies it
+            # (paper eq. 2).
             x = keras.layers.ReLU(name=f"{prefix}out")(x)
             index += 1
 
@@ -354,7 +305,8 @@ def _build(
 
 # The paper's settings: p_L = 0.5, whole-batch gates, × p at inference, linear rule.
 CIFAR_SD = common.SDConfig(survival_prob=0.5, mode="batch", scale_at="inference", rule="linear")
-# ImageNet: p_L = 0.8 (module docstring), otherwise as CIFAR.
+# ImageNet: p_L = 0.8 (the paper's 0.5 gave no gain on ImageNet; Composer drops 0.2 on ResNet-50,
+# ~5% faster at similar accuracy), otherwise as CIFAR.
 IMAGENET_SD = common.SDConfig(survival_prob=0.8, mode="batch", scale_at="inference", rule="linear")
 CIFAR_INPUT_SIZE = (32, 32, 3)
 IMAGENET_INPUT_SIZE = (224, 224, 3)
@@ -458,7 +410,8 @@ def resnet(
       blocks: blocks per stage, four integers.
       num_classes: classifier size (1000 for ImageNet).
       input_shape: (height, width, 3); default (224, 224, 3). Spatial sizes may be None.
-      sd: as in `cifar_resnet`, default `IMAGENET_SD`: p_L = 0.8 (module docstring).
+      sd: as in `cifar_resnet`, default `IMAGENET_SD`: p_L = 0.8 (docs/models.md, "Reference:
+        tfsd/models/resnet.py").
       width, bn_momentum, bn_epsilon, sync_bn: as in `cifar_resnet`.
       mean, std: per-channel statistics of [0, 1] images; ImageNet's by default.
       zero_init_residual: zero-initialise the last BN gamma of each branch; False as torchvision.
