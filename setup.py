@@ -35,6 +35,8 @@ setuptools.setup(
         "test": [
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
+            # Per-test time limits in .ci/run (--timeout): a hung test fails, CI does not hang.
+            "pytest-timeout>=2.3,<3",
             # keras-cv is frozen; it is only a reference in tests and benchmarks.
             "keras-cv==0.9.0",
             # Real photos (PNG and JPEG files inside the wheel) for decoding and serving tests.

@@ -1,13 +1,26 @@
-"""Session-wide test set-up: quiet TF logs and two logical CPUs for tf.distribute tests.
+"""Session-wide test set-up: quiet TF logs, two logical CPUs, and artifacts shared by tests.
 
 Under pytest-xdist (``-n 2``) the controller process runs no test and never imports TensorFlow
 (TF 2.21 prints its start-up lines whatever TF_CPP_MIN_LOG_LEVEL says); each worker configures
 its own devices.
+
+Shared artifacts (`shared_artifact`): what several test files need and what takes seconds to
+make (a trained run, its export, trained TFLite fixtures) is built once per test session and
+shared by the xdist workers through a lock directory: the first worker to create it builds, the
+others wait for its ``done`` file. `tiny_run` and `tiny_export` are the two every tier uses.
 """
 
+import json
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+# The 3-class image folder of `tiny_run` (class names = folder names, in label order).
+TINY_RUN_CLASSES = ("red", "green", "blue")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,3 +56,89 @@ def _reset_keras_state():
     keras.utils.set_random_seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+def shared_artifact(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``build(directory)`` run once per test session across xdist workers; returns directory.
+
+    xdist workers have their own temporary directories under one shared parent; the first worker
+    to create ``<parent>/tfsd-shared-<name>`` builds into its ``artifact`` sub-directory, the
+    others wait (at most 15 minutes) for its ``done`` file. A JSON-serialisable value returned by
+    ``build`` is stored as ``artifact/result.json``. A failed build fails every waiting test.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    home = root / f"tfsd-shared-{name}"
+    artifact, done = home / "artifact", home / "done"
+    try:
+        os.makedirs(home)
+    except FileExistsError:
+        deadline = time.time() + 900
+        while not done.exists():
+            if (home / "failed").exists() or time.time() > deadline:
+                pytest.fail(f"Building the shared artifact {name!r} failed in another worker.")
+            time.sleep(0.5)
+        return artifact
+    try:
+        artifact.mkdir()
+        result = build(artifact)
+        if result is not None:
+            (artifact / "result.json").write_text(json.dumps(result))
+    except BaseException:
+        (home / "failed").write_text("")
+        raise
+    done.write_text(str(artifact))
+    return artifact
+
+
+class TinyRun(NamedTuple):
+    """A finished ``tfsd.train`` run shared by the session (see `tiny_run`)."""
+
+    model_dir: Path  # the run directory
+    images: Path  # its image folder, one sub-folder per class
+    final: dict  # train_and_evaluate's return value (final eval metrics, step, digest)
+
+
+def _build_tiny_run(directory: Path) -> dict:
+    # Imported here: the xdist controller process must not import TensorFlow (module docstring).
+    from tests.helpers import tiny_config, write_image_folder
+    from tfsd.training import loop
+
+    images = write_image_folder(directory / "images", TINY_RUN_CLASSES, per_class=16)
+    config = tiny_config(
+        total_steps=12, ema_decay=0.5, checkpoint_every_steps=6, eval_every_steps=4
+    )
+    config.model.survival_prob = 0.5
+    config.data.name = f"folder:{images}"
+    config.data.num_classes = None
+    config.data.folder_eval_fraction = 0.25
+    config.data.preprocess = "none"
+    config.batch_size = 8
+    return loop.train_and_evaluate(config, str(directory / "run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """A 12-step run of the tiny ResNet on a 3-class image folder, once per session.
+
+    Stochastic depth on (p_L = 0.5), EMA on (decay 0.5), checkpoints at steps 6 and 12, an eval
+    every 4 steps and at the end, TensorBoard summaries: what evaluate, predict, plot, restore,
+    fine-tuning and export tests read. Treat it as read-only (copy it to change it).
+    """
+    artifact = shared_artifact(tmp_path_factory, "tiny-run", _build_tiny_run)
+    final = json.loads((artifact / "result.json").read_text())
+    return TinyRun(artifact / "run", artifact / "images", final)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_run) -> Path:
+    """Version 1 of `tiny_run`'s export (folded, the default), once per session; read-only."""
+
+    def build(directory: Path) -> None:
+        # Imported here, as in _build_tiny_run.
+        from tfsd.serving import saved_model
+
+        saved_model.export_run(str(tiny_run.model_dir), str(directory / "base"))
+
+    return shared_artifact(tmp_path_factory, "tiny-export", build) / "base" / "1"

@@ -38,10 +38,11 @@ def op_types(fn: Callable, *specs: tf.TensorSpec) -> set[str]:
 
 
 def tiny_config(**changes):
-    """cifar10_resnet110:runlocal shrunk to a CIFAR ResNet-20 of width 0.25 at 16×16."""
+    """cifar10_resnet110:runlocal shrunk to the registered ``test_resnet`` (a CIFAR ResNet-8,
+    one stochastic-depth block per stage, width 0.25) at 16×16, for tests of the loop itself."""
 
     c = config_names.load_config("cifar10_resnet110:runlocal")
-    c.model.name = "cifar_resnet20"
+    c.model.name = "test_resnet"
     c.model.overrides.width = 0.25
     c.model.image_size = 16
     c.data.synthetic_train_size = 256

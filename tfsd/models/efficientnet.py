@@ -421,3 +421,6 @@ for _name, _variant in EFFICIENTNET.items():
     _register(_name, _variant, B_FAMILY)
 for _name, _variant in EFFICIENTNET_LITE.items():
     _register(_name, _variant, LITE_FAMILY)
+# Tiny variant for tests of the training loop, export and serving (timm's test_efficientnet):
+# B0's blocks (swish, squeeze-excite), width 0.25, one block per stage, 32 x 32 pixels.
+_register("test_efficientnet", Variant(width=0.25, depth=0.1, resolution=32, dropout=0.2), B_FAMILY)

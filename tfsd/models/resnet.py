@@ -479,5 +479,14 @@ _register_imagenet("resnet34", "basic", (3, 4, 6, 3))
 _register_imagenet("resnet50", "bottleneck", (3, 4, 6, 3))
 _register_imagenet("resnet101", "bottleneck", (3, 4, 23, 3))
 _register_imagenet("resnet152", "bottleneck", (3, 8, 36, 3))
+# Tiny variant for tests of the training loop, export and serving (timm's test_efficientnet): a
+# CIFAR ResNet-8 (one block per stage) at width 0.25 and 16 x 16 pixels; not a model to train.
+register(
+    "test_resnet",
+    cifar_resnet,
+    info=ModelInfo((16, 16, 3), common.CIFAR10_MEAN, common.CIFAR10_STD, 3, 3, CIFAR_SD),
+    depth=8,
+    width=0.25,
+)
 # Loading a saved cifar_resnet1202 in a fresh process must not hit the recursion limit.
 _ensure_recursion_limit(3 * 200)
