@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a benchmark smoke run (tier of the benchmark smoke tests)
 def test_serving_latency_benchmark_runs_and_writes_json(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
         "serving_latency", REPO / "benchmarks" / "serving_latency.py"

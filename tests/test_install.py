@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a wheel installed into a fresh virtualenv, its console scripts run
 def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     """Builds a wheel, installs it into a fresh virtualenv, runs ``tfsd-train`` elsewhere.
 
@@ -77,7 +77,7 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
             str(venv / "bin" / "tfsd-train"),
             "--config=cifar10_resnet110:runlocal",
             f"--model_dir={work / 'run'}",
-            "--config.model.name=cifar_resnet20",
+            "--config.model.name=test_resnet",  # registered tiny model
             "--config.model.overrides.width=0.25",
             "--config.model.image_size=16",
             "--config.data.synthetic_train_size=64",

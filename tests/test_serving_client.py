@@ -14,15 +14,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.helpers import randomize_batchnorm
 from tests.serving_emulator import ServingEmulator
-from tfsd import models
 from tfsd.serving import publish as publish_lib
-from tfsd.serving import saved_model as saved_model_lib
 from tfsd.serving import warmup as warmup_lib
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["airplane", "automobile", "bird", "cat", "deer"]
 
 
 def _load_client():
@@ -36,18 +32,10 @@ client = _load_client()
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    model = models.create_model(
-        "efficientnet_b0", num_classes=5, input_shape=(32, 32, 3), width=0.25, depth=0.34,
-        survival_prob=0.5,
-    )  # fmt: skip
-    randomize_batchnorm(model)
-    base = tmp_path_factory.mktemp("tiny")
-    path = saved_model_lib.export_saved_model(
-        model, str(base), class_names=NAMES, model_name="tiny"
-    )
-    with ServingEmulator(path, "tiny") as server:
-        yield server, path
+def served(tiny_export):
+    """The emulator serving the shared `tiny_export` (tiny_run's folded export, 3 classes)."""
+    with ServingEmulator(str(tiny_export), "tiny") as server:
+        yield server, str(tiny_export)
 
 
 def _photos(tmp_path):

@@ -1,0 +1,425 @@
+"""tfsd.serving.saved_model: export_saved_model, export_run, verify_export, check_fold, signatures.
+
+There is no ``tensorflow_model_server`` binary in the package registries reachable here, so the
+server's side is checked through its contract: ``tf.saved_model.load`` in a fresh process,
+``saved_model_cli``, and REST bodies mapped to tensors as TF Serving's REST API does. Versions and
+atomic publication: tests/test_publish.py; warm-up records: tests/test_warmup.py; the
+``tfsd.export`` command: tests/test_export.py.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.helpers import randomize_batchnorm, tiny_config
+from tfsd import data as data_lib
+from tfsd import models
+from tfsd.serving import publish as publish_lib
+from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import signatures as signatures_lib
+from tfsd.serving import warmup as warmup_lib
+from tfsd.training import run_dir
+from tfsd.training import task as task_lib
+
+BIN = Path(sys.executable).parent
+NAMES = [f"class_{i}" for i in range(10)]
+
+# The registered tiny models, one per family and per scaling convention: the CIFAR ResNet with the
+# paper's scaling (p folded into the branch's last BatchNorm), EfficientNet with inverted scaling.
+# The export machinery is what is tested, so each runs at its registered size.
+VARIANTS = {
+    "resnet": dict(
+        name="test_resnet", size=16, survival_prob=0.5, sd_scale_at="inference",
+        preprocess="none",
+    ),
+    "effnet": dict(
+        name="test_efficientnet", size=32, survival_prob=0.5, sd_scale_at="train",
+        preprocess="inception",
+    ),
+}  # fmt: skip
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def _build(variant, **changes):
+    kwargs = dict(VARIANTS[variant], **changes)
+    name, preprocess, size = kwargs.pop("name"), kwargs.pop("preprocess"), kwargs.pop("size")
+    model = models.create_model(name, num_classes=10, input_shape=(size, size, 3), **kwargs)
+    randomize_batchnorm(model, seed=len(variant))  # gamma 1 / beta 0 would hide fold errors
+    return model, preprocess
+
+
+def _images(size, n=8, seed=0):
+    return np.asarray(
+        tf.random.stateless_uniform([n, size, size, 3], seed=[seed, 1], maxval=255.0)
+    ).round()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{variant: (keras model, preprocess fn, version dir)} exported once for the module."""
+    out = {}
+    for variant, spec in VARIANTS.items():
+        model, preprocess = _build(variant)
+        base = tmp_path_factory.mktemp(variant)
+        path = saved_model_lib.export_saved_model(
+            model, str(base), preprocess=preprocess, class_names=NAMES,
+            sample_images=_images(spec["size"]), model_name=variant,
+        )  # fmt: skip
+        out[variant] = (model, signatures_lib.preprocess_fn(preprocess, spec["size"]), path)
+    return out
+
+
+def _reference(model, preprocess, images=None, blobs=None):
+    """Unfolded Keras inference logits, preprocessing run eagerly for encoded inputs."""
+    if blobs is not None:
+        images = np.stack([preprocess(tf.constant(b)).numpy() for b in blobs])
+    return model(tf.constant(images, tf.float32), training=False).numpy()
+
+
+# -------------------------------------------------------------------------------------------------
+# The signature contract.
+# -------------------------------------------------------------------------------------------------
+
+_FRESH_PROCESS = """
+import sys, numpy as np, tensorflow as tf
+path, inputs, out = sys.argv[1:]
+m = tf.saved_model.load(path)
+data = np.load(inputs, allow_pickle=True)
+results = {}
+for sig, key in (("serving_default", "images"), ("serving_bytes", "image_bytes"),
+                 ("serving_examples", "examples")):
+    for k, v in m.signatures[sig](**{key: tf.constant(data[key])}).items():
+        results[f"{sig}/{k}"] = v.numpy()
+np.savez(out, **results)
+print("tfsd imported:", "tfsd" in sys.modules)
+"""
+
+
+@pytest.mark.e2e  # the point: a process that never imported tfsd loads and serves the export
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_saved_model_matches_keras_through_every_signature_in_fresh_process(
+    exported, variant, tmp_path
+):
+    """Reference: the unfolded Keras model in this process (`_reference`)."""
+    model, preprocess, path = exported[variant]
+    images = _images(VARIANTS[variant]["size"], 5, seed=3)
+    blobs = warmup_lib.encode_jpeg(images)
+    examples = [warmup_lib.image_example(b) for b in blobs]
+    np.savez(
+        tmp_path / "in.npz", images=images.astype(np.float32),
+        image_bytes=np.array(blobs, dtype=object), examples=np.array(examples, dtype=object),
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, path, str(tmp_path / "in.npz"),
+         str(tmp_path / "out.npz")],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tfsd imported: False" in proc.stdout  # the SavedModel needs no tfsd code
+    out = np.load(tmp_path / "out.npz", allow_pickle=True)
+    expected = {
+        "serving_default": _reference(model, preprocess, images=images),
+        "serving_bytes": _reference(model, preprocess, blobs=blobs),
+    }
+    expected["serving_examples"] = expected["serving_bytes"]
+    for sig, logits in expected.items():
+        assert saved_model_lib.relative_error(out[f"{sig}/logits"], logits) <= 1e-5, sig
+        probs = tf.nn.softmax(logits).numpy()
+        np.testing.assert_allclose(out[f"{sig}/probabilities"], probs, rtol=1e-4, atol=1e-6)
+        top = np.argsort(-probs, axis=1)[:, :5]
+        # Ties aside, classes are the top-5 of the reference, names follow classes.
+        np.testing.assert_array_equal(out[f"{sig}/classes"][:, 0], top[:, 0])
+        assert out[f"{sig}/classes"].dtype == np.int32
+        np.testing.assert_allclose(
+            out[f"{sig}/scores"], np.take_along_axis(probs, out[f"{sig}/classes"], 1), rtol=1e-4
+        )
+        names = [[n.decode() for n in row] for row in out[f"{sig}/class_names"]]
+        assert names == [[NAMES[c] for c in row] for row in out[f"{sig}/classes"]]
+
+
+def _saved_model_cli(*args):
+    proc = subprocess.run(
+        [str(BIN / "saved_model_cli"), *args], capture_output=True, text=True, env=_env(),
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _signature_block(show_all: str, signature: str) -> str:
+    start = show_all.index(f"signature_def['{signature}']")
+    end = show_all.find("signature_def[", start + 1)
+    return show_all[start : end if end > 0 else None]
+
+
+@pytest.mark.e2e  # TensorFlow's own saved_model_cli script, a fresh process without tfsd
+def test_saved_model_cli_shows_documented_signatures_and_runs(exported, tmp_path):
+    """Reference: the signature table of docs/serving.md; the Keras model's top class."""
+    model, _, path = exported["resnet"]
+    size = VARIANTS["resnet"]["size"]
+    show = _saved_model_cli("show", "--dir", path, "--all")
+    expected_inputs = {
+        "serving_default": ("images", "DT_FLOAT", f"(-1, {size}, {size}, 3)"),
+        "serving_bytes": ("image_bytes", "DT_STRING", "(-1)"),
+        "serving_examples": ("examples", "DT_STRING", "(-1)"),
+    }
+    outputs = {
+        "logits": ("DT_FLOAT", "(-1, 10)"),
+        "probabilities": ("DT_FLOAT", "(-1, 10)"),
+        "classes": ("DT_INT32", "(-1, 5)"),
+        "scores": ("DT_FLOAT", "(-1, 5)"),
+        "class_names": ("DT_STRING", "(-1, 5)"),
+    }
+    for sig, (key, dtype, shape) in expected_inputs.items():
+        block = _signature_block(show, sig)
+        assert "Method name is: tensorflow/serving/predict" in block
+        inputs, outs = block.split("output(s):")
+        assert f"inputs['{key}'] tensor_info:\n" in inputs, block
+        assert f"dtype: {dtype}\n" in inputs and f"shape: {shape}\n" in inputs, block
+        for out, (odtype, oshape) in outputs.items():
+            part = outs.split(f"outputs['{out}'] tensor_info:")[1].split("name:")[0]
+            assert f"dtype: {odtype}" in part and f"shape: {oshape}" in part, (sig, out, part)
+    # saved_model_cli run on serving_default with an .npy input: same top class as Keras.
+    images = _images(size, 4, seed=9).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    _saved_model_cli(
+        "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+        "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"),
+    )  # fmt: skip
+    classes = np.load(tmp_path / "out" / "classes.npy")
+    logits = model(tf.constant(images), training=False).numpy()
+    np.testing.assert_array_equal(classes[:, 0], logits.argmax(axis=1))
+
+
+def _graph_op_types(path):
+    """Op type of every node of every function in ``saved_model.pb``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString(Path(path, "saved_model.pb").read_bytes())
+    ops = []
+    for meta in sm.meta_graphs:
+        ops += [n.op for n in meta.graph_def.node]
+        ops += [n.op for f in meta.graph_def.library.function for n in f.node_def]
+    return ops
+
+
+def test_exported_graph_has_no_random_op_and_folding_removes_every_multiply(exported, tmp_path):
+    """Reference: op counts of the same architecture exported without stochastic depth."""
+    model, preprocess = _build("resnet")
+    plain, _ = _build("resnet", survival_prob=1.0)
+    images = _images(VARIANTS["resnet"]["size"])
+    paths = {
+        "folded": exported["resnet"][2],
+        "unfolded": saved_model_lib.export_saved_model(
+            model, str(tmp_path / "u"), preprocess=preprocess, fold=False, sample_images=images
+        ),
+        "plain": saved_model_lib.export_saved_model(
+            plain, str(tmp_path / "p"), preprocess=preprocess, sample_images=images
+        ),
+    }
+    ops = {k: _graph_op_types(p) for k, p in paths.items()}
+    for k, types in ops.items():
+        assert not [t for t in types if "Random" in t], k
+    muls = {k: types.count("Mul") for k, types in ops.items()}
+    # The unfolded export multiplies by p in every block (can fail: there is something to fold).
+    assert muls["unfolded"] > muls["plain"]
+    assert muls["folded"] == muls["plain"]
+
+
+def _rest_to_tensor(body: str) -> tf.Tensor:
+    """Maps a REST ``predict`` body in row format to the single input tensor, as TF Serving does.
+
+    TF Serving's REST API (tensorflow_serving/util/json_tensor.h): ``instances`` is a list of rows;
+    with one named input a row is the value itself; ``{"b64": s}`` is the base64-decoded bytes.
+    """
+    rows = json.loads(body)["instances"]
+    values = [base64.b64decode(r["b64"]) if isinstance(r, dict) and "b64" in r else r for r in rows]
+    if all(isinstance(v, bytes) for v in values):
+        return tf.constant(values, tf.string)
+    return tf.constant(values, tf.float32)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rest_b64_body_through_serving_bytes_matches_serving_default(exported, variant):
+    """Real photos (scikit-image's PNG and JPEG files) sent as a REST body; reference: the same
+    files decoded by Pillow and preprocessed in Python, through ``serving_default``."""
+    import skimage.data
+    from PIL import Image
+
+    _, _, path = exported[variant]
+    size = VARIANTS[variant]["size"]
+    loaded = tf.saved_model.load(path)
+    files = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+    blobs = [Path(skimage.data.__file__).parent.joinpath(f).read_bytes() for f in files]
+    body = json.dumps({
+        "signature_name": "serving_bytes",
+        "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in blobs],
+    })  # fmt: skip
+    by_bytes = loaded.signatures["serving_bytes"](image_bytes=_rest_to_tensor(body))
+    # The same images decoded by another decoder (Pillow) and preprocessed in Python.
+    mode = VARIANTS[variant]["preprocess"]
+    pixels = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+    crop = data_lib.center_crop if mode == "inception" else data_lib.resize
+    images = np.stack([crop(tf.constant(p), size).numpy() for p in pixels])
+    rows = json.dumps({"instances": images.tolist()})
+    by_images = loaded.signatures["serving_default"](images=_rest_to_tensor(rows))
+    np.testing.assert_array_equal(by_bytes["classes"][:, 0], by_images["classes"][:, 0])
+    # PNG decodes identically everywhere; JPEG decoders may differ by a grey level or so.
+    png = [i for i, f in enumerate(files) if f.endswith(".png")]
+    err = saved_model_lib.relative_error(
+        tf.gather(by_bytes["logits"], png), tf.gather(by_images["logits"], png)
+    )
+    assert err <= 1e-5
+    assert saved_model_lib.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
+
+
+def test_undecodable_input_is_invalid_argument(exported):
+    loaded = tf.saved_model.load(exported["effnet"][2])
+    png = warmup_lib.encode_jpeg(_images(VARIANTS["effnet"]["size"], 1))[0]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png, b"not an image"]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png[: len(png) // 3]]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_examples"](examples=tf.constant([b"\x01garbage"]))
+    # A good request still answers afterwards.
+    assert loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["classes"].shape == (
+        1, 5,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------
+# Verification before publishing, argument errors, .keras files.
+# -------------------------------------------------------------------------------------------------
+
+
+def test_fold_check_refuses_to_publish_a_wrong_fold(tmp_path, monkeypatch):
+    model, preprocess = _build("resnet")
+    real_fold = models.fold_stochastic_depth
+
+    def bad_fold(m):
+        folded = real_fold(m)
+        bn = [x for x in folded._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)]
+        bn[-1].beta.assign(bn[-1].beta + 1.0)
+        return folded
+
+    monkeypatch.setattr(models, "fold_stochastic_depth", bad_fold)
+    base = tmp_path / "base"
+    with pytest.raises(publish_lib.ExportError, match="folded model differs"):
+        saved_model_lib.export_saved_model(
+            model, str(base), preprocess=preprocess, sample_images=_images(16)
+        )
+    assert not base.exists() or publish_lib.existing_versions(str(base)) == []
+
+
+def test_bad_arguments_get_clear_errors(tmp_path):
+    model, preprocess = _build("resnet")
+    base = str(tmp_path / "b")
+    with pytest.raises(ValueError, match="version must be a positive integer"):
+        saved_model_lib.export_saved_model(model, base, version=0, preprocess=preprocess)
+    with pytest.raises(ValueError, match="3 class names for a model with 10 outputs"):
+        saved_model_lib.export_saved_model(
+            model, base, class_names=["a", "b", "c"], preprocess=preprocess
+        )
+    with pytest.raises(ValueError, match="preprocess must be"):
+        saved_model_lib.export_saved_model(model, base, preprocess="bilinear")
+    dynamic = models.create_model("test_resnet", num_classes=10, input_shape=(None, None, 3))
+    with pytest.raises(ValueError, match="fixed H and W"):
+        saved_model_lib.export_saved_model(dynamic, base)
+    Path(tmp_path, "file").write_text("x")
+    with pytest.raises(publish_lib.ExportError, match="not a directory"):
+        saved_model_lib.export_saved_model(model, str(tmp_path / "file"), preprocess=preprocess)
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_keras_file(str(tmp_path / "missing.keras"), base)
+    assert publish_lib.existing_versions(base) == []
+
+
+def test_keras_file_export_matches_the_saved_model(exported, tmp_path):
+    """Reference: the in-memory Keras model the ``.keras`` file was saved from (tfsd's
+    StochasticDepth layers must load from the file: they are registered on import)."""
+    model, _, _ = exported["resnet"]
+    model.save(tmp_path / "m.keras")
+    size = VARIANTS["resnet"]["size"]
+    path = saved_model_lib.export_keras_file(
+        str(tmp_path / "m.keras"), str(tmp_path / "base"),
+        preprocess=VARIANTS["resnet"]["preprocess"], sample_images=_images(size),
+    )  # fmt: skip
+    images = _images(size, 3, seed=4)
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    ref = _reference(model, None, images=images)
+    assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5
+    assert "class_names" not in out  # no names were given
+
+
+# -------------------------------------------------------------------------------------------------
+# Runs: restoring checkpoints, EMA, errors (the shared `tiny_run`, copied where it is changed).
+# -------------------------------------------------------------------------------------------------
+
+
+def test_restore_run_uses_ema_when_present_and_raw_on_request(tiny_run, tmp_path):
+    """Reference: the checkpoint's own ``ema/`` tensors, read with tf.train.load_checkpoint."""
+    ema_model, config, _, ckpt = run_dir.restore_run(str(tiny_run.model_dir))
+    raw_model, *_ = run_dir.restore_run(str(tiny_run.model_dir), weights="raw")
+    reader = tf.train.load_checkpoint(ckpt)
+    ema = task_lib.EMA(ema_model, float(config.ema_decay))
+    for i, source in enumerate(ema.sources):
+        np.testing.assert_array_equal(
+            source.numpy(), reader.get_tensor(f"ema/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+        )
+    differ = [
+        not np.array_equal(a, b)
+        for a, b in zip(ema_model.trainable_weights, raw_model.trainable_weights)
+    ]
+    assert any(differ)  # EMA and raw weights really are different sets
+    # A run without EMA: restore_run decides from the run's config (ema_decay = 0), before it
+    # reads a checkpoint, so a copy of tiny_run with that config is such a run.
+    no_ema = tmp_path / "no_ema"
+    shutil.copytree(tiny_run.model_dir, no_ema)
+    config_file = no_ema / "config.json"
+    config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), ema_decay=0.0)))
+    with pytest.raises(run_dir.RunDirError, match="kept no EMA weights"):
+        run_dir.restore_run(str(no_ema), weights="ema")
+
+
+def test_run_errors_are_clear_and_write_nothing(tiny_run, tmp_path):
+    base = tmp_path / "exports"
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_run(str(tmp_path / "nope"), str(base))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(publish_lib.ExportError, match="no config.json"):
+        saved_model_lib.export_run(str(tmp_path / "empty"), str(base))
+    run_dir.check_or_write_config(tiny_config(), str(tmp_path / "fresh"))
+    with pytest.raises(publish_lib.ExportError, match="has no checkpoint"):
+        saved_model_lib.export_run(str(tmp_path / "fresh"), str(base))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.model_dir, run)  # changed below: a copy of the shared run
+    with pytest.raises(publish_lib.ExportError, match="does not exist"):
+        saved_model_lib.export_run(
+            str(run), str(base), checkpoint=str(run / "checkpoints" / "ckpt-99")
+        )
+    (run / "no_checkpoints").mkdir()
+    with pytest.raises(publish_lib.ExportError, match="holds no checkpoint"):
+        saved_model_lib.export_run(str(run), str(base), checkpoint=str(run / "no_checkpoints"))
+    # A checkpoint directory means its latest checkpoint.
+    model, *_, used = run_dir.restore_run(str(run), checkpoint=str(run / "checkpoints"))
+    assert used == tf.train.latest_checkpoint(str(run / "checkpoints"))
+    # A checkpoint of another architecture: widen the model in the run's config.
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["overrides"]["width"] = 0.5
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(publish_lib.ExportError, match="does not match the model"):
+        saved_model_lib.export_run(str(run), str(base))
+    assert not base.exists()
