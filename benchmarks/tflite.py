@@ -10,7 +10,7 @@ take turns (interleaved rounds of ``--runs_per_round`` invokes) and the median o
 is reported, so load on the shared machine hits every quantization alike. ``speed vs float`` is
 float latency / latency, measured side by side in the same run. The target is int8 size ≤ 0.30×
 float. Agreement with the SavedModel is not meaningful for untrained weights and is measured by
-the tests (tests/test_tflite.py) and by ``python -m tfsd.tflite`` on trained runs.
+the tests (tests/test_tflite_*.py) and by ``python -m tfsd.tflite`` on trained runs.
 
 Reference for context, not claimed: EfficientNet-Lite0 reaches 75.1% (float) / 74.4% (int8)
 ImageNet top-1, 12 ms / 6.5 ms on a Pixel 4 CPU with 4 threads (the TF EfficientNet-Lite
