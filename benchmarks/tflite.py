@@ -29,7 +29,10 @@ import time
 import numpy as np
 from absl import app, flags
 
-from tfsd.serving import saved_model as saved_model_lib
+# This checkout's tfsd, not an installed one (as benchmarks/serving_latency.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfsd.serving import saved_model as saved_model_lib  # noqa: E402  (after the path set-up)
 from tfsd.serving import tflite_convert, tflite_verify
 
 _MODELS = flags.DEFINE_list("models", ["efficientnet_b0", "efficientnet_lite0"], "Zoo models.")
@@ -171,5 +174,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     app.run(main)
