@@ -10,7 +10,7 @@ take turns (interleaved rounds of ``--runs_per_round`` invokes) and the median o
 is reported, so load on the shared machine hits every quantization alike. ``speed vs float`` is
 float latency / latency, measured side by side in the same run. The target is int8 size ≤ 0.30×
 float. Agreement with the SavedModel is not meaningful for untrained weights and is measured by
-the tests (tests/test_tflite.py) and by ``python -m tfsd.tflite`` on trained runs.
+the tests (tests/test_tflite_*.py) and by ``python -m tfsd.tflite`` on trained runs.
 
 Reference for context, not claimed: EfficientNet-Lite0 reaches 75.1% (float) / 74.4% (int8)
 ImageNet top-1, 12 ms / 6.5 ms on a Pixel 4 CPU with 4 threads (the TF EfficientNet-Lite
@@ -29,7 +29,10 @@ import time
 import numpy as np
 from absl import app, flags
 
-from tfsd.serving import saved_model as saved_model_lib
+# This checkout's tfsd, not an installed one (as benchmarks/serving_latency.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfsd.serving import saved_model as saved_model_lib  # noqa: E402  (after the path set-up)
 from tfsd.serving import tflite_convert, tflite_verify
 
 _MODELS = flags.DEFINE_list("models", ["efficientnet_b0", "efficientnet_lite0"], "Zoo models.")
@@ -171,5 +174,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     app.run(main)

@@ -11,12 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a benchmark smoke run (pytest.ini)
 def test_tflite_benchmark_runs_and_writes_json(tmp_path):
     out = tmp_path / "tflite.json"
     proc = subprocess.run(
         # One model keeps CI time down: the script's loop is the same for every model, and
-        # tests/test_tflite.py converts and checks B0 and Lite0 themselves.
+        # tests/test_tflite_convert.py converts and checks B0 and Lite0 themselves.
         [sys.executable, str(REPO / "benchmarks" / "tflite.py"), "--image_size=32",
          "--models=efficientnet_lite0",
          "--num_classes=10", "--width=0.25", "--calibration_steps=4", "--rounds=2",

@@ -17,7 +17,7 @@ def _load_benchmark():
     return module
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a benchmark smoke run (pytest.ini)
 def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     bench = _load_benchmark()
     out = tmp_path / "speed.json"
