@@ -448,6 +448,7 @@ def test_feature_extractor_shapes_and_penultimate_features(name, kwargs, channel
         np.testing.assert_allclose(features(x, training=False), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # full-size ResNet-18 and ResNet-110 builds
 def test_feature_extractor_parameter_counts():
     # torchvision resnet18 without its fc (512 × 1000 + 1000): 11,689,512 − 513,000.
     features = create_model("resnet18", num_classes=1000, include_top=False, pooling="avg")
