@@ -40,7 +40,16 @@ PARAMS = {  # name: (trainable, total)
     "efficientnet_lite3": (8_197_096, 8_273_775),
     "efficientnet_lite4": (13_006_568, 13_118_943),
 }
-SLOW = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+# The largest rows, slow tier in every test (5-10 s per build on 2 cores). Parameter counts build
+# every variant at full size and default resolution: slow for all (test_forward_every_variant
+# checks the same counts, less the head, in the default tier).
+SLOW = {
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_lite4",
+}
 
 
 def _params(names):
@@ -114,7 +123,8 @@ def test_registry_and_rounding():
     assert effnet.round_repeats(2, 1.1) == 3 and effnet.round_repeats(4, 3.1) == 13
 
 
-@pytest.mark.parametrize("name", _params(PARAMS))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PARAMS))
 def test_parameter_counts(name):
     model = create_model(name, num_classes=1000, survival_prob=1.0)
     v = (effnet.EFFICIENTNET | effnet.EFFICIENTNET_LITE)[name]
@@ -216,6 +226,7 @@ def test_feature_extractor_pooling_gives_the_top_models_penultimate_features():
         _tiny(pooling="max")
 
 
+@pytest.mark.slow  # a full-size B0 under a mixed policy
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(kapp_b0, policy):
     x = _images(2, 64)
@@ -256,7 +267,6 @@ def _compile(model, optimizer):
     )
 
 
-@pytest.mark.slow
 def test_tiny_variant_trains():
     keras.utils.set_random_seed(1)
     model = _tiny(survival_prob=0.5, seed=3)
@@ -270,7 +280,6 @@ def test_tiny_variant_trains():
     assert all(0.0 < float(lay.keep_rate.numpy()) <= 1.0 for lay in sd)
 
 
-@pytest.mark.slow
 def test_keras_round_trip(tmp_path):
     model = _tiny(survival_prob=0.5, seed=5)
     path = tmp_path / "tiny.keras"

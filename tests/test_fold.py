@@ -143,6 +143,7 @@ def test_fold_with_exclusive_residual_still_folds():
     np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
 
 
+@pytest.mark.e2e  # the point is a fresh interpreter that never imports tfsd
 @pytest.mark.parametrize(
     "name,kwargs",
     [

@@ -15,8 +15,11 @@ from tfsd import layers as sdl
 from tfsd.models import common, create_model, get_builder, list_models
 
 RESNETS = sorted(n for n in list_models() if get_builder(n).func.__module__ == resnet.__name__)
-SLOW = {"cifar_resnet1202"}  # ~18 s to build on 2 CPU cores
+# Full-depth graphs: CIFAR ResNet-1202 takes ~18 s to build on 2 CPU cores, the others 3-5 s
+# even at tiny widths. Every full-width parameter count is slow too (FULL_SIZE_COUNTS).
+SLOW = {"cifar_resnet152", "cifar_resnet1202", "resnet101", "resnet152"}
 CIFAR_DEPTHS = {
+    "test_resnet": 8,  # the registered tiny model: ResNet-8 at width 0.25, 16×16
     "cifar_resnet20": 20,
     "cifar_resnet32": 32,
     "cifar_resnet44": 44,
@@ -28,8 +31,20 @@ CIFAR_DEPTHS = {
 IMAGENET_BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "resnet152": 50}
 
 
+# The ImageNet ResNets' full-width builds (11-60 M parameters) and the deep CIFAR ones; the small
+# CIFAR ResNets (≤ 1.7 M parameters) and the tiny test model count in the default tier.
+FULL_SIZE_COUNTS = SLOW | set(IMAGENET_BLOCKS)
+# 8×8 is the smallest input of the CIFAR ResNets' three stages (8, 4, 2); parameter counts do not
+# depend on it (global pooling), and the full-width ResNet-1202 forward pass costs 16× less.
+SMALL_CIFAR_INPUT = (8, 8, 3)
+
+
 def _params(slow_names=SLOW):
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow_names else n for n in RESNETS]
+
+
+def _is_cifar(name):
+    return name in CIFAR_DEPTHS
 
 
 def _count(weights):
@@ -37,15 +52,18 @@ def _count(weights):
 
 
 def _num_blocks(name):
-    if name in CIFAR_DEPTHS:
+    if _is_cifar(name):
         return 3 * (CIFAR_DEPTHS[name] - 2) // 6
     return IMAGENET_BLOCKS[name]
 
 
 def _tiny_kwargs(name):
     """Tiny but complete: every block and shortcut type, ImageNet models at 32×32."""
-    if name in SLOW:
-        return dict(num_classes=10)  # the full-size model of the count test: one slow build
+    if name == "cifar_resnet1202":
+        # The full-size model of the count test: one slow build shared by the tests below.
+        return dict(num_classes=10, input_shape=SMALL_CIFAR_INPUT)
+    if name == "test_resnet":
+        return dict(num_classes=10)  # already tiny
     if name.startswith("cifar"):
         return dict(num_classes=10, width=0.25)
     return dict(num_classes=7, width=0.125, input_shape=(32, 32, 3))
@@ -84,6 +102,9 @@ COUNTS = {
     "cifar_resnet110": (1_727_962, 8_211),
     "cifar_resnet152": (2_408_474, 11_389),  # n = 25, the paper's SVHN network
     "cifar_resnet1202": (19_421_274, 90_839),
+    # Hand-computed: convs 108 + 144·2 + (288 + 576) + (1152 + 2304), BN γ/β 2·(4·3 + 8·2 + 16·2),
+    # head 16·10 + 10; moving statistics 120, Normalization 7, SD 2·3.
+    "test_resnet": (5_006, 133),
     "resnet18": (11_689_512, 9_623),
     "resnet34": (21_797_672, 17_063),
     "resnet50": (25_557_032, 53_159),
@@ -96,11 +117,13 @@ def test_every_registered_resnet_has_pinned_counts():
     assert sorted(COUNTS) == RESNETS
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", _params(FULL_SIZE_COUNTS))
 def test_parameter_counts(name):
-    num_classes = 10 if name.startswith("cifar") else 1000
-    build = _cached if name in SLOW else create_model
-    model = build(name, num_classes=num_classes)
+    num_classes = 10 if _is_cifar(name) else 1000
+    if name == "cifar_resnet1202":
+        model = _tiny(name)  # the full-size build, shared with the tests below
+    else:
+        model = create_model(name, num_classes=num_classes)
     assert model.name == name
     trainable, non_trainable = COUNTS[name]
     assert _count(model.trainable_weights) == trainable
@@ -148,19 +171,18 @@ def test_cifar_shortcut_is_even_subsample_with_zero_channels_appended():
 @pytest.mark.parametrize("name", _params())
 def test_tiny_forward(name):
     model = _tiny(name)
-    x = _images(2).round()
+    x = _images(2, model.input_shape[1]).round()
     train = model(x, training=True)
     num_classes = _tiny_kwargs(name)["num_classes"]
     assert train.shape == (2, num_classes) and train.dtype == tf.float32
     assert np.all(np.isfinite(train.numpy()))
-    if name in SLOW:
+    if name != "cifar_resnet1202":
         # Untrained, 600 blocks at inference (BN moving variance 1) overflow float32; each eager
-        # pass costs ~8 s. Training mode above is the meaningful check.
-        return
-    infer = model(x, training=False)
-    assert infer.shape == (2, num_classes) and infer.dtype == tf.float32
-    # uint8 images are cast to float by the model: same logits.
-    np.testing.assert_allclose(model(x.astype("uint8"), training=False), infer, rtol=1e-6)
+        # pass costs ~8 s. Training mode above is the meaningful check for ResNet-1202.
+        infer = model(x, training=False)
+        assert infer.shape == (2, num_classes) and infer.dtype == tf.float32
+        # uint8 images are cast to float by the model: same logits.
+        np.testing.assert_allclose(model(x.astype("uint8"), training=False), infer, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", _params())
@@ -171,7 +193,7 @@ def test_survival_rates_follow_paper_linear_rule(name):
     assert len(blocks) == num_blocks
     assert all(isinstance(b, sdl.StochasticResidual) for b in blocks)
     assert all(b.mode == "batch" and b.scale_at == "inference" for b in blocks)
-    p_last = 0.5 if name.startswith("cifar") else 0.8
+    p_last = 0.5 if _is_cifar(name) else 0.8
     rates = [b.survival_prob for b in blocks]
     assert rates[0] == pytest.approx(1 - (1 - p_last) / num_blocks, abs=1e-12)
     assert rates[-1] == pytest.approx(p_last, abs=1e-12)
@@ -179,7 +201,7 @@ def test_survival_rates_follow_paper_linear_rule(name):
     np.testing.assert_allclose(rates, expected, atol=1e-12)
     # Blocks in network order, the down-sampling ones included, each with its own seed.
     assert blocks[0].name == "conv2_block1_drop"
-    assert blocks[-1].name.startswith("conv5_" if "cifar" not in name else "conv4_")
+    assert blocks[-1].name.startswith("conv4_" if _is_cifar(name) else "conv5_")
     assert [b.seed for b in blocks] == [common.block_seed(0, i) for i in range(num_blocks)]
 
 
@@ -426,6 +448,7 @@ def test_feature_extractor_shapes_and_penultimate_features(name, kwargs, channel
         np.testing.assert_allclose(features(x, training=False), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # full-size ResNet-18 and ResNet-110 builds
 def test_feature_extractor_parameter_counts():
     # torchvision resnet18 without its fc (512 × 1000 + 1000): 11,689,512 − 513,000.
     features = create_model("resnet18", num_classes=1000, include_top=False, pooling="avg")

@@ -1,26 +1,13 @@
-"""Named survival schedules, the shared SDConfig and the registry's model info.
+"""Named survival schedules of tfsd.schedules (re-exported by tfsd.layers).
 
 Schedule values are hand-computed for N = 4 blocks and p = 0.8 (r = 0.2), from the formula each
 source writes (REFERENCES.md, "Variants in the wild").
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from tfsd import layers as sdl
-from tfsd.models import (
-    SDConfig,
-    common,
-    create_model,
-    default_input_size,
-    efficientnet,
-    get_builder,
-    get_model_info,
-    list_models,
-    resnet,
-)
+from tfsd import schedules
 
 HAND = {
     # paper eq. 4: 1 − (l/4)·0.2, l = 1…4
@@ -36,117 +23,25 @@ HAND = {
 
 
 def test_every_rule_is_tested_by_hand():
-    assert sorted(HAND) == sorted(sdl.RULES) == sorted(sdl.SCHEDULES)
+    assert sorted(HAND) == sorted(schedules.RULES) == sorted(schedules.SCHEDULES)
 
 
 @pytest.mark.parametrize("rule", sorted(HAND))
 def test_schedule_against_hand_computed_values(rule):
-    got = sdl.survival_schedule(4, 0.8, rule)
+    got = schedules.survival_schedule(4, 0.8, rule)
     np.testing.assert_allclose(got, HAND[rule], rtol=0, atol=1e-15)
-    assert sdl.SCHEDULES[rule](4, 0.8) == got
-    assert sdl.survival_schedule(7, 1.0, rule) == [1.0] * 7  # p = 1: no stochastic depth
-    assert len(sdl.survival_schedule(1, 0.5, rule)) == 1
+    assert schedules.SCHEDULES[rule](4, 0.8) == got
+    assert schedules.survival_schedule(7, 1.0, rule) == [1.0] * 7  # p = 1: no stochastic depth
+    assert len(schedules.survival_schedule(1, 0.5, rule)) == 1
 
 
 def test_schedules_match_their_sources_formulas():
     n, r = 13, 0.3
     np.testing.assert_allclose(
-        sdl.survival_schedule(n, 1 - r, "linspace"), 1 - np.linspace(0, r, n), atol=1e-15
+        schedules.survival_schedule(n, 1 - r, "linspace"), 1 - np.linspace(0, r, n), atol=1e-15
     )
     # the existing EfficientNet helper takes r; both give the same floats.
-    assert sdl.survival_schedule(n, 0.8, "efficientnet") == sdl.efficientnet_survival_schedule(
-        n, 1.0 - 0.8
-    )
-    assert sdl.survival_schedule(1, 0.5, "timm_resnet") == [1.0]  # timm divides by zero here
-
-
-def test_sdconfig_validates_once_for_every_builder():
-    with pytest.raises(ValueError, match="sd_mode"):
-        SDConfig(mode="layer")
-    with pytest.raises(ValueError, match="sd_scale_at"):
-        SDConfig(scale_at="test")
-    with pytest.raises(ValueError, match="final_survival"):
-        SDConfig(survival_prob=0.0)
-    with pytest.raises(ValueError, match="rule"):
-        SDConfig(rule="cosine")
-    with pytest.raises(ValueError, match="sample_skip=True needs"):
-        SDConfig(sample_skip=True)
-    with pytest.raises(ValueError, match="seed"):
-        SDConfig(seed=1.5)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        SDConfig().survival_prob = 0.5
-    # The same checks through either family's builders.
-    for name in ("cifar_resnet20", "efficientnet_lite0"):
-        with pytest.raises(ValueError, match="rule"):
-            create_model(name, num_classes=2, rule="cosine")
-        with pytest.raises(ValueError, match="sd must be an SDConfig"):
-            create_model(name, num_classes=2, sd={"survival_prob": 0.5})
-
-
-def test_sd_keywords_and_sd_object_build_the_same_model():
-    kwargs = dict(num_classes=3, width=0.25, input_shape=(16, 16, 3))
-    sd = SDConfig(survival_prob=0.7, mode="sample", scale_at="train", rule="linspace", seed=4)
-    by_object = create_model("cifar_resnet20", sd=sd, **kwargs)
-    by_keywords = create_model(
-        "cifar_resnet20",
-        survival_prob=0.7,
-        sd_mode="sample",
-        sd_scale_at="train",
-        rule="linspace",
-        seed=4,
-        **kwargs,
-    )
-    layers = [sdl.stochastic_depth_layers(m) for m in (by_object, by_keywords)]
-    assert [(x.survival_prob, x.mode, x.scale_at, x.seed) for x in layers[0]] == [
-        (x.survival_prob, x.mode, x.scale_at, x.seed) for x in layers[1]
-    ]
-    # linspace over 9 blocks: the first block gets 1.0 (no layer), the last exactly p.
-    assert len(layers[0]) == 8 and layers[0][-1].survival_prob == pytest.approx(0.7)
-    assert [x.survival_prob for x in layers[0]] == pytest.approx(
-        sdl.survival_schedule(9, 0.7, "linspace")[1:]
-    )
-    # Keywords refine a given sd object.
-    refined = create_model("cifar_resnet20", sd=sd, survival_prob=0.9, **kwargs)
-    assert sdl.stochastic_depth_layers(refined)[-1].survival_prob == pytest.approx(0.9)
-
-
-def test_efficientnet_takes_any_named_rule():
-    model = create_model(
-        "efficientnet_b0", num_classes=2, width=0.25, depth=0.34, input_shape=(32, 32, 3),
-        rule="linear",
-    )  # fmt: skip
-    info = efficientnet.block_plan(width=0.25, depth=0.34, fix_stem_head=False, survival_prob=0.8)
-    n = len(info)
-    want = {b.name + "drop": 1 - 0.2 * (b.index + 1) / n for b in info if b.residual}
-    got = {x.name: x.survival_prob for x in sdl.stochastic_depth_layers(model)}
-    assert got == pytest.approx(want)
-
-
-def test_model_info_for_every_registered_model():
-    for name in list_models():
-        info = get_model_info(name)
-        builder = get_builder(name)
-        assert info.sd == builder.func.sd_default
-        assert default_input_size(name) == info.input_size
-        assert info.num_sd_blocks <= info.num_blocks
-    assert get_model_info("cifar_resnet110")[:5] == (
-        (32, 32, 3),
-        common.CIFAR10_MEAN,
-        common.CIFAR10_STD,
-        54,
-        54,
-    )
-    assert get_model_info("resnet152").num_blocks == 50
-    assert get_model_info("efficientnet_b0")[3:5] == (16, 9)
-    assert get_model_info("efficientnet_b7").num_blocks == 55
-    for name, variant in efficientnet.EFFICIENTNET.items():
-        assert default_input_size(name) == (variant.resolution, variant.resolution, 3)
-    assert get_model_info("resnet50").sd == resnet.IMAGENET_SD
-    assert get_model_info("efficientnet_b3").sd.rule == "efficientnet"
-    with pytest.raises(ValueError, match="Did you mean"):
-        get_model_info("resnet05")
-
-
-def test_create_model_uses_the_registered_input_size():
-    model = create_model("efficientnet_lite3", num_classes=2, width=0.1, depth=0.1)
-    assert model.input_shape == (None, 280, 280, 3) == (None, *default_input_size(model.name))
+    assert schedules.survival_schedule(
+        n, 0.8, "efficientnet"
+    ) == schedules.efficientnet_survival_schedule(n, 1.0 - 0.8)
+    assert schedules.survival_schedule(1, 0.5, "timm_resnet") == [1.0]  # timm divides by zero here

@@ -6,14 +6,31 @@ import pytest
 import tensorflow as tf
 
 from tfsd import layers as sdl
-from tfsd.models import create_model, list_models
+from tfsd.models import create_model, get_model_info, list_models
 
-# Full-size graphs whose build alone takes 10+ s on 2 cores: run with the slow tests.
-SLOW = {"cifar_resnet1202", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+# Full-size graphs, slow tier: the deep ResNets (hundreds of blocks even at tiny widths) and every
+# EfficientNet, which keeps its own width/depth row here (a full-size model, 4.7-66 M parameters;
+# 5-40 s per case on 2 cores). The default tier keeps the shallow ResNets at tiny widths and the
+# two registered tiny models.
+DEEP_RESNETS = {"cifar_resnet152", "cifar_resnet1202", "resnet101", "resnet152"}
+
+
+def _is_slow(name):
+    return name in DEEP_RESNETS or name.startswith("efficientnet_")
+
+
+# 600 untrained blocks at inference overflow even float32 (see test_resnet): training mode only.
+NO_INFERENCE = {"cifar_resnet1202"}
 
 
 def _kwargs(name):
-    """Tiny widths for ResNets; EfficientNets keep their own width/depth rows at 32×32."""
+    """Tiny widths for ResNets; EfficientNets keep their own width/depth rows at 32×32.
+
+    32×32 is the smallest input every family takes (five stride-2 stages for the ImageNet ones);
+    the registered tiny models keep their own widths and input sizes.
+    """
+    if name in ("test_resnet", "test_efficientnet"):
+        return dict(num_classes=5)
     if name.startswith("cifar_resnet"):
         return dict(num_classes=5, width=0.25)
     if name.startswith("resnet"):
@@ -24,7 +41,7 @@ def _kwargs(name):
 def _cases():
     for name in list_models():
         for policy in ("mixed_float16", "mixed_bfloat16"):
-            marks = [pytest.mark.slow] if name in SLOW else []
+            marks = [pytest.mark.slow] if _is_slow(name) else []
             yield pytest.param(name, policy, marks=marks, id=f"{name}-{policy}")
 
 
@@ -34,37 +51,56 @@ def test_every_family_is_covered():
     assert any(n.startswith("resnet") for n in names)
     assert any(n.startswith("efficientnet_b") for n in names)
     assert any(n.startswith("efficientnet_lite") for n in names)
-    assert len(names) == 25
+    # 25 architectures plus the two registered tiny test models.
+    assert len(names) == 27 and {"test_resnet", "test_efficientnet"} <= set(names)
+    assert DEEP_RESNETS | NO_INFERENCE <= set(names)
 
 
 @pytest.mark.parametrize("name,policy", list(_cases()))
 def test_mixed_precision_build_and_run(name, policy):
     keras.mixed_precision.set_global_policy(policy)
     model = create_model(name, **_kwargs(name))
+    size = model.input_shape[1]
     compute = policy.split("_")[1]
     blocks = sdl.stochastic_depth_layers(model)
-    assert blocks and all(b.compute_dtype == compute for b in blocks)
+    # test_efficientnet's only residual block is its first, which the "efficientnet" rule keeps
+    # with p = 1 (no layer): its convs carry the dtype check. Every other model has its
+    # registered number of stochastic blocks.
+    if name == "test_efficientnet":
+        assert blocks == [] and get_model_info(name).num_sd_blocks == 1
+    else:
+        assert len(blocks) == get_model_info(name).num_sd_blocks > 0
+    convs = [c for c in model._flatten_layers() if isinstance(c, keras.layers.Conv2D)]
+    assert convs and all(c.compute_dtype == compute for c in convs)
+    assert all(b.compute_dtype == compute for b in blocks)
     assert all(w.dtype == "float32" for w in model.trainable_weights)  # float32 master weights
-    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
     labels = tf.constant([0, 1, 2, 3])
+    head_weights = [v for v in model.trainable_weights if v.path.startswith("predictions/")]
+    # Which gradients are checked decides what the tape records: bfloat16 checks every one
+    # (except where inference is not checked either); elsewhere only the head's, and a tape that
+    # watches just the head skips the backward pass through the whole network (the most
+    # expensive part of the test for deep models).
+    every_gradient = policy == "mixed_bfloat16" and name not in NO_INFERENCE
 
     # Training mode (batch statistics, stochastic depth active): finite in both policies.
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(watch_accessed_variables=every_gradient) as tape:
+        tape.watch([v.value for v in head_weights])  # the backing tf.Variables
         logits = model(x, training=True)
         loss = tf.reduce_mean(
             keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         )
     assert logits.dtype == tf.float32 and logits.shape == (4, 5)
     assert np.all(np.isfinite(logits.numpy())) and np.isfinite(loss.numpy())
-    grads = tape.gradient(loss, model.trainable_weights)
-    head = [g for v, g in zip(model.trainable_weights, grads) if v.path.startswith("predictions/")]
+    sources = model.trainable_weights if every_gradient else head_weights
+    grads = tape.gradient(loss, sources)
+    head = [g for v, g in zip(sources, grads) if v.path.startswith("predictions/")]
     assert len(head) == 2 and all(np.all(np.isfinite(g.numpy())) for g in head)
 
-    if name == "cifar_resnet1202":
-        return  # 600 untrained blocks at inference overflow even float32 (see test_resnet)
-    infer = model(x, training=False)
-    assert infer.dtype == tf.float32 and infer.shape == (4, 5)
-    if policy == "mixed_bfloat16":
+    if name not in NO_INFERENCE:
+        infer = model(x, training=False)
+        assert infer.dtype == tf.float32 and infer.shape == (4, 5)
+    if every_gradient:
         # bfloat16 has float32's range: every gradient is finite, and so is inference.
         # float16 needs loss scaling, and untrained moving statistics (mean 0, variance 1) let
         # activations outgrow its 65504 in deep nets, keras.applications' EfficientNets
