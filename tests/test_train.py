@@ -9,8 +9,8 @@ from absl import flags
 from tests.helpers import run_cli
 from tfsd import train as train_cmd
 
-# tests.helpers.tiny_config as command-line overrides: cifar10_resnet110:runlocal shrunk to the
-# registered test_resnet at 16 px.
+# Command-line overrides after tests.helpers.tiny_config: cifar10_resnet110:runlocal shrunk to the
+# registered test_resnet at 16 px (a 32-example eval split: two batches).
 TINY_FLAGS = [
     "--config=cifar10_resnet110:runlocal",
     "--config.model.name=test_resnet",
