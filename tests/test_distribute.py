@@ -85,7 +85,7 @@ def test_unreachable_tpu_fails_with_clear_message():
 # -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mirrored_two_replicas_match_one_device_and_keep_replicas_consistent():
     """Caught: per-replica gradient clipping (the old loop clipped each replica's partial
     gradient by its own norm, so the 2-replica step differed from the one-device step by about
@@ -142,8 +142,7 @@ class _Worker:
         args = [
             "--config=cifar10_resnet110:runlocal",
             f"--model_dir={model_dir}",
-            "--config.model.name=cifar_resnet20",
-            "--config.model.overrides.width=0.25",
+            "--config.model.name=test_resnet",  # the tiny registered model (tiny_config's)
             "--config.model.image_size=16",
             "--config.data.synthetic_train_size=256",
             "--config.data.synthetic_eval_size=64",
@@ -197,7 +196,7 @@ def _run_pair(model_dir, *flags, timeout=400, on_start=None):
     return workers, codes
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_multi_worker_two_processes_train_save_stop_and_resume(tmp_path):
     model_dir = tmp_path / "run"
     workers, codes = _run_pair(model_dir, "--config.total_steps=4", "--config.steps_per_loop=2")

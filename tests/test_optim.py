@@ -1,0 +1,65 @@
+"""Optimizers and learning-rate schedules (`tfsd.training.optim`)."""
+
+import numpy as np
+import tensorflow as tf
+
+from tests.helpers import tiny_config
+from tfsd import data as data_lib
+from tfsd.training import optim
+from tfsd.training import step as step_lib
+from tfsd.training import task as task_lib
+
+
+def test_lr_schedules():
+    """Reference: hand-computed values of each schedule at its boundaries."""
+    step = optim.WarmupSchedule(0.1, 0, 100, "step", boundaries=(50, 75))
+    np.testing.assert_allclose([float(step(s)) for s in (0, 49, 50, 75, 99)],
+                               [0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)  # fmt: skip
+    warm = optim.WarmupSchedule(0.2, 10, 100, "exponential", decay_rate=0.5, decay_steps=20)
+    np.testing.assert_allclose([float(warm(s)) for s in (0, 5, 10, 19, 20, 40)],
+                               [0.0, 0.1, 0.2, 0.2, 0.1, 0.05], rtol=1e-5)  # fmt: skip
+    cos = optim.WarmupSchedule(1.0, 0, 100, "cosine")
+    np.testing.assert_allclose([float(cos(s)) for s in (0, 50, 100)], [1.0, 0.5, 0.0], atol=1e-6)
+
+
+def _one_step(task, config):
+    ds = data_lib.build_dataset(config.data, split="train", global_batch_size=config.batch_size,
+                                image_size=config.model.image_size, seed=config.seed)  # fmt: skip
+    iterator = iter(ds)
+    images, labels = next(iter(ds))
+    step_lib.make_train_loop(task)(iterator, tf.constant(1))
+    return images, labels
+
+
+def test_adamw_is_decoupled_and_adds_no_l2_term():
+    """Caught: optimizer.name="adamw" was Adam with weight_decay=0 plus an L2 term in the loss.
+
+    Reference: Keras AdamW (``w -= lr * wd * w``, then the Adam step on the loss gradient alone)
+    on kernels only, from the same initial weights and batch.
+    """
+    c = tiny_config(**{"optimizer.name": "adamw", "optimizer.weight_decay": 0.5,
+                       "model.survival_prob": 1.0, "lr.base": 1e-2, "lr.warmup_epochs": 0.0,
+                       "lr.schedule": "constant"})  # fmt: skip
+    task = task_lib.build_task(c, None)
+    initial = task.model.get_weights()
+    images, labels = _one_step(task, c)
+    got = {v.path: v.numpy() for v in task.model.weights}
+
+    task.model.set_weights(initial)
+    variables = task.model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = task.model(images, training=True)
+        loss = tf.reduce_mean(
+            tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
+    grads = tape.gradient(loss, variables)
+    ref = tf.keras.optimizers.AdamW(1e-2, weight_decay=0.5, epsilon=c.optimizer.epsilon)
+    ref.exclude_from_weight_decay(var_list=[v for v in variables if not optim.is_decayed(v)])
+    ref.apply(grads, variables)
+    kernels = 0
+    for v in task.model.weights:
+        np.testing.assert_allclose(got[v.path], v.numpy(), atol=2e-6, err_msg=v.path)
+        kernels += optim.is_decayed(v)
+    # test_resnet (a CIFAR ResNet-8): the stem conv, two convs in each of its 3 blocks and the
+    # dense head; its down-sampling shortcuts are parameter-free (option A). (ResNet-20: > 10.)
+    assert kernels == 8
