@@ -64,12 +64,10 @@ def test_mixed_precision_build_and_run(name, policy):
     compute = policy.split("_")[1]
     blocks = sdl.stochastic_depth_layers(model)
     # test_efficientnet's only residual block is its first, which the "efficientnet" rule keeps
-    # with p = 1 (no layer): its convs carry the dtype check. Every other model has its
-    # registered number of stochastic blocks.
-    if name == "test_efficientnet":
-        assert blocks == [] and get_model_info(name).num_sd_blocks == 1
-    else:
-        assert len(blocks) == get_model_info(name).num_sd_blocks > 0
+    # with p = 1 (no layer; its registered count says 0): its convs carry the dtype check. Every
+    # other model has its registered number of stochastic blocks.
+    assert len(blocks) == get_model_info(name).num_sd_blocks
+    assert blocks or name == "test_efficientnet"
     convs = [c for c in model._flatten_layers() if isinstance(c, keras.layers.Conv2D)]
     assert convs and all(c.compute_dtype == compute for c in convs)
     assert all(b.compute_dtype == compute for b in blocks)

@@ -411,7 +411,9 @@ def _register(name: str, variant: Variant, family: dict) -> None:
         common.IMAGENET_MEAN,
         common.IMAGENET_STD,
         len(plan),
-        sum(b.residual for b in plan),
+        # A residual block whose schedule gives p = 1 (block 0 under the "efficientnet" rule)
+        # never gets a stochastic-depth layer.
+        sum(b.residual and b.survival_prob < 1.0 for b in plan),
         EFFICIENTNET_SD,
     )
     register(name, efficientnet, info=info, **variant._asdict(), **family)
@@ -422,5 +424,7 @@ for _name, _variant in EFFICIENTNET.items():
 for _name, _variant in EFFICIENTNET_LITE.items():
     _register(_name, _variant, LITE_FAMILY)
 # Tiny variant for tests of the training loop, export and serving (timm's test_efficientnet):
-# B0's blocks (swish, squeeze-excite), width 0.25, one block per stage, 32 x 32 pixels.
+# B0's blocks (swish, squeeze-excite, top dropout), width 0.25, one block per stage, 32 x 32
+# pixels. Its only residual block is block 0, which the "efficientnet" rule keeps with p = 1: it
+# has no stochastic-depth layer (test_resnet is the tiny model with gates).
 _register("test_efficientnet", Variant(width=0.25, depth=0.1, resolution=32, dropout=0.2), B_FAMILY)
