@@ -23,6 +23,10 @@ import pytest
 TINY_RUN_CLASSES = ("red", "green", "blue")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA on CPU spends most of a tiny model's jit_compile=True step in LLVM's optimisation passes;
+# the tests check that steps compile and what they compute, not how fast the code runs, so they
+# (and the processes they start, which inherit the environment) compile at the lowest level.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -52,7 +56,9 @@ def _reset_keras_state():
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()
+    # No gc.collect() (free_memory=False): it cost up to ~1 s per test with TF objects alive;
+    # the names and global state are reset all the same.
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")

@@ -237,7 +237,7 @@ def test_finetuning_raises_eval_accuracy(pretrained_source, tmp_path):
 
     Measured two ways, both asserted 4 sigma above chance and 0.2 above the imported model:
     with BatchNorm on the eval batch's own statistics, and in inference mode
-    (`tfsd.evaluate.evaluate_model`) after re-estimating the moving statistics on 597 further
+    (`tfsd.training.evaluation.evaluate_model`) after re-estimating the moving statistics on 597 further
     generated images with stochastic depth and dropout off (precise BN). The source is the tiny
     keras.applications EfficientNet (`_tiny_efficientnet`, B0's blocks at width 0.25, one per
     stage) *pretrained*: 40 Keras SGD steps on another draw of the generator, then BatchNorm
