@@ -237,9 +237,9 @@ def test_finetuning_raises_eval_accuracy(pretrained_source, tmp_path):
 
     Measured two ways, both asserted 4 sigma above chance and 0.2 above the imported model:
     with BatchNorm on the eval batch's own statistics, and in inference mode
-    (`tfsd.training.evaluation.evaluate_model`) after re-estimating the moving statistics on 597 further
-    generated images with stochastic depth and dropout off (precise BN). The source is the tiny
-    keras.applications EfficientNet (`_tiny_efficientnet`, B0's blocks at width 0.25, one per
+    (`tfsd.training.evaluation.evaluate_model`) after re-estimating the moving statistics on 597
+    further generated images with stochastic depth and dropout off (precise BN). The source is the
+    tiny keras.applications EfficientNet (`_tiny_efficientnet`, B0's blocks at width 0.25, one per
     stage) *pretrained*: 40 Keras SGD steps on another draw of the generator, then BatchNorm
     statistics of the fine-tuning images. Measured (lr 0.05, 20 steps, 34 eval images, 2 shared
     AMD EPYC cores): 0.35 -> 1.00 with batch statistics and 0.35 -> 1.00 in inference mode with
