@@ -13,10 +13,6 @@ from tests.helpers import run_cli
 from tfsd import tflite as tflite_cmd
 from tfsd.serving import tflite_export
 
-# The trained tiny models (tests/tflite_fixtures.py) are built once per session; tests that
-# use them run on one xdist worker (--dist loadgroup), so no worker idles while another trains.
-pytestmark = pytest.mark.xdist_group("tflite-trained")
-
 
 @pytest.mark.slow
 def test_cli_int8_uint8_io_then_verify(tmp_path_factory, tmp_path):

@@ -12,10 +12,6 @@ import tensorflow as tf
 from tests import tflite_fixtures as fixtures
 from tfsd.serving import tflite_convert, tflite_export, tflite_verify
 
-# The trained tiny models (tests/tflite_fixtures.py) are built once per session; tests that
-# use them run on one xdist worker (--dist loadgroup), so no worker idles while another trains.
-pytestmark = pytest.mark.xdist_group("tflite-trained")
-
 SIZE, VERIFY = fixtures.SIZE, fixtures.VERIFY
 
 # -------------------------------------------------------------------------------------------------

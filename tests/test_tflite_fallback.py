@@ -9,10 +9,6 @@ import pytest
 from tests import tflite_fixtures as fixtures
 from tfsd.serving import tflite_export, tflite_fallback
 
-# The trained tiny models (tests/tflite_fixtures.py) are built once per session; tests that
-# use them run on one xdist worker (--dist loadgroup), so no worker idles while another trains.
-pytestmark = pytest.mark.xdist_group("tflite-trained")
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["resnet", "lite"])

@@ -14,10 +14,6 @@ from tests.helpers import tiny_config
 from tfsd import data as data_lib
 from tfsd.serving import tflite_convert, tflite_verify
 
-# The trained tiny models (tests/tflite_fixtures.py) are built once per session; tests that
-# use them run on one xdist worker (--dist loadgroup), so no worker idles while another trains.
-pytestmark = pytest.mark.xdist_group("tflite-trained")
-
 SIZE = fixtures.SIZE
 
 
