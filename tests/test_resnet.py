@@ -39,8 +39,17 @@ FULL_SIZE_COUNTS = SLOW | set(IMAGENET_BLOCKS)
 SMALL_CIFAR_INPUT = (8, 8, 3)
 
 
+# ResNet-1202 is built once, in test_cifar_resnet1202_full_size (each build costs ~18 s and
+# xdist workers share no cache): the parametrized tests below leave it out.
+ONE_BUILD = "cifar_resnet1202"
+
+
 def _params(slow_names=SLOW):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in slow_names else n for n in RESNETS]
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if n in slow_names else n
+        for n in RESNETS
+        if n != ONE_BUILD
+    ]
 
 
 def _is_cifar(name):
@@ -59,9 +68,6 @@ def _num_blocks(name):
 
 def _tiny_kwargs(name):
     """Tiny but complete: every block and shortcut type, ImageNet models at 32×32."""
-    if name == "cifar_resnet1202":
-        # The full-size model of the count test: one slow build shared by the tests below.
-        return dict(num_classes=10, input_shape=SMALL_CIFAR_INPUT)
     if name == "test_resnet":
         return dict(num_classes=10)  # already tiny
     if name.startswith("cifar"):
@@ -113,6 +119,13 @@ COUNTS = {
 }
 
 
+def _assert_counts(model, name):
+    trainable, non_trainable = COUNTS[name]
+    assert _count(model.trainable_weights) == trainable
+    assert _count(model.non_trainable_weights) == non_trainable
+    assert model.count_params() == trainable + non_trainable
+
+
 def test_every_registered_resnet_has_pinned_counts():
     assert sorted(COUNTS) == RESNETS
 
@@ -120,15 +133,10 @@ def test_every_registered_resnet_has_pinned_counts():
 @pytest.mark.parametrize("name", _params(FULL_SIZE_COUNTS))
 def test_parameter_counts(name):
     num_classes = 10 if _is_cifar(name) else 1000
-    if name == "cifar_resnet1202":
-        model = _tiny(name)  # the full-size build, shared with the tests below
-    else:
-        model = create_model(name, num_classes=num_classes)
+    model = create_model(name, num_classes=num_classes)
     assert model.name == name
+    _assert_counts(model, name)
     trainable, non_trainable = COUNTS[name]
-    assert _count(model.trainable_weights) == trainable
-    assert _count(model.non_trainable_weights) == non_trainable
-    assert model.count_params() == trainable + non_trainable
     # Without stochastic depth only the 2 per-block counters disappear.
     if name in ("cifar_resnet110", "resnet50"):
         plain = create_model(name, num_classes=num_classes, survival_prob=1.0)
@@ -176,18 +184,18 @@ def test_tiny_forward(name):
     num_classes = _tiny_kwargs(name)["num_classes"]
     assert train.shape == (2, num_classes) and train.dtype == tf.float32
     assert np.all(np.isfinite(train.numpy()))
-    if name != "cifar_resnet1202":
-        # Untrained, 600 blocks at inference (BN moving variance 1) overflow float32; each eager
-        # pass costs ~8 s. Training mode above is the meaningful check for ResNet-1202.
-        infer = model(x, training=False)
-        assert infer.shape == (2, num_classes) and infer.dtype == tf.float32
-        # uint8 images are cast to float by the model: same logits.
-        np.testing.assert_allclose(model(x.astype("uint8"), training=False), infer, rtol=1e-6)
+    infer = model(x, training=False)
+    assert infer.shape == (2, num_classes) and infer.dtype == tf.float32
+    # uint8 images are cast to float by the model: same logits.
+    np.testing.assert_allclose(model(x.astype("uint8"), training=False), infer, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", _params())
 def test_survival_rates_follow_paper_linear_rule(name):
-    model = _tiny(name)
+    _assert_linear_rates(_tiny(name), name)
+
+
+def _assert_linear_rates(model, name):
     blocks = sdl.stochastic_depth_layers(model)
     num_blocks = _num_blocks(name)
     assert len(blocks) == num_blocks
@@ -203,6 +211,28 @@ def test_survival_rates_follow_paper_linear_rule(name):
     assert blocks[0].name == "conv2_block1_drop"
     assert blocks[-1].name.startswith("conv4_" if _is_cifar(name) else "conv5_")
     assert [b.seed for b in blocks] == [common.block_seed(0, i) for i in range(num_blocks)]
+
+
+@pytest.mark.slow
+def test_cifar_resnet1202_full_size():
+    """ResNet-1202, built once (~18 s): counts, linear rates, a mixed_bfloat16 training pass.
+
+    The build is under mixed_bfloat16 so that the one build also covers test_zoo's dtype checks
+    (test_zoo leaves ResNet-1202 out: its blocks are ResNet-110's, 10× more of them, and
+    cifar_resnet110 runs both policies there). Weights stay float32, so the counts are the
+    float32 build's. Inference is not run: untrained, 600 blocks at inference (BN moving variance
+    1) overflow even float32 — training mode is the meaningful check.
+    """
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # conftest resets it
+    model = create_model(ONE_BUILD, num_classes=10, input_shape=SMALL_CIFAR_INPUT)
+    _assert_counts(model, ONE_BUILD)
+    _assert_linear_rates(model, ONE_BUILD)
+    convs = [c for c in model._flatten_layers() if isinstance(c, keras.layers.Conv2D)]
+    assert len(convs) == 1201 and all(c.compute_dtype == "bfloat16" for c in convs)
+    assert all(w.dtype == "float32" for w in model.weights if w.dtype.startswith("float"))
+    train = model(_images(2, SMALL_CIFAR_INPUT[0]).round(), training=True)
+    assert train.shape == (2, 10) and train.dtype == tf.float32
+    assert np.all(np.isfinite(train.numpy()))
 
 
 def test_cifar110_rates_match_paper_code():
