@@ -63,20 +63,40 @@ def imagenet_stages(blocks: Sequence[int]) -> tuple[Stage, ...]:
 
 @keras.saving.register_keras_serializable(package="tfsd")
 class ChannelZeroPad(keras.layers.Layer):
-    """Appends zero channels up to ``channels`` (Torch ``nn.Padding`` on the channel axis).
+    """Pads with zero channels up to ``channels``: the paper's option-A shortcut.
 
     The parameter-free shortcut of the paper's down-sampling blocks (He et al.'s option A).
+    Where the zeros go differs between references, and an imported model must match its source:
+
+    * ``placement="after"``: all zeros after the existing channels, as Torch ``nn.Padding(1,
+      pad, 3)`` in the stochastic-depth paper's code (yueatsprograms/Stochastic_Depth,
+      ``ResidualDrop.lua``); tfsd's default, since tfsd reproduces that paper.
+    * ``placement="symmetric"``: ``pad // 2`` zero channels before and the rest after, as
+      akamaster/pytorch_resnet_cifar10's ``LambdaLayer``: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0,
+      0, planes // 4, planes // 4))``; needed for weights trained with that code.
 
     Args:
       channels: number of output channels, at least the number of input channels.
+      placement: "after" or "symmetric" (above).
       **kwargs: standard Keras layer arguments.
     """
 
-    def __init__(self, channels: int, **kwargs: Any):
+    PLACEMENTS = ("after", "symmetric")
+
+    def __init__(self, channels: int, placement: str = "after", **kwargs: Any):
         super().__init__(**kwargs)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive integer, got {channels!r}.")
+        if placement not in self.PLACEMENTS:
+            raise ValueError(f"placement must be one of {self.PLACEMENTS}, got {placement!r}.")
         self.channels = channels
+        self.placement = placement
+
+    def split(self, input_channels: int) -> tuple[int, int]:
+        """(zero channels before, zero channels after) for ``input_channels`` inputs."""
+        pad = self._pad(input_channels)
+        before = pad // 2 if self.placement == "symmetric" else 0
+        return before, pad - before
 
     def _pad(self, input_channels: int) -> int:
         pad = self.channels - input_channels
@@ -87,10 +107,10 @@ class ChannelZeroPad(keras.layers.Layer):
         return pad
 
     def call(self, x: Any) -> Any:
-        pad = self._pad(x.shape[-1])
-        if pad == 0:
+        before, after = self.split(x.shape[-1])
+        if before == after == 0:
             return x
-        return keras.ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, pad]])
+        return keras.ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[before, after]])
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         self._pad(input_shape[-1])
@@ -99,6 +119,7 @@ class ChannelZeroPad(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config["channels"] = self.channels
+        config["placement"] = self.placement
         return config
 
 
@@ -172,14 +193,18 @@ def _branch_fn(ops: _Ops, block: str, channels: int, stride: int, prefix: str, z
 
 
 def _shortcut(ops: _Ops, x, kind: str, out_channels: int, stride: int, prefix: str):
-    """The shortcut of a block, or None for the identity."""
+    """The shortcut of a block, or None for the identity.
+
+    ``kind``: "projection", or "pad" / "pad_symmetric" (`ChannelZeroPad` "after" / "symmetric").
+    """
     if stride == 1 and x.shape[-1] == out_channels:
         return None
-    if kind == "pad":
+    if kind in ("pad", "pad_symmetric"):
         # Stochastic-depth Torch code: SpatialAveragePooling(1, 1, 2, 2) then nn.Padding.
         if stride > 1:
             x = keras.layers.AveragePooling2D(1, strides=stride, name=f"{prefix}0_pool")(x)
-        return ChannelZeroPad(out_channels, name=f"{prefix}0_zeropad")(x)
+        placement = "symmetric" if kind == "pad_symmetric" else "after"
+        return ChannelZeroPad(out_channels, placement, name=f"{prefix}0_zeropad")(x)
     # Projection: 1×1 conv with the block's stride + BN (torchvision ``downsample``).
     return ops.conv_bn(x, out_channels, 1, stride, f"{prefix}0", relu=False)
 
@@ -312,6 +337,14 @@ CIFAR_INPUT_SIZE = (32, 32, 3)
 IMAGENET_INPUT_SIZE = (224, 224, 3)
 
 
+def _check_pad(shortcut_pad: str) -> str:
+    if shortcut_pad not in ChannelZeroPad.PLACEMENTS:
+        raise ValueError(
+            f"shortcut_pad must be one of {ChannelZeroPad.PLACEMENTS}, got {shortcut_pad!r}."
+        )
+    return shortcut_pad
+
+
 @common.sd_builder(CIFAR_SD)
 def cifar_resnet(
     *,
@@ -327,6 +360,7 @@ def cifar_resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    shortcut_pad: str = "after",
     include_top: bool = True,
     pooling: str | None = None,
 ) -> keras.Model:
@@ -350,6 +384,9 @@ def cifar_resnet(
       sync_bn: cross-replica (synchronized) BatchNorm; needs ``sync_replicas=True`` with
         skipping stochastic depth.
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
+      shortcut_pad: where the down-sampling shortcut's zero channels go (`ChannelZeroPad`):
+        "after" (the paper's Torch code; default) or "symmetric" (akamaster's CIFAR ResNets,
+        whose weights `tfsd.models.load_torch_resnet_weights` imports only into this form).
       include_top: add the pooled classifier (``avg_pool`` + ``predictions``). False builds a
         feature extractor (as keras.applications): no classifier weights, ``num_classes`` unused.
       pooling: with ``include_top=False``: None returns the last block's feature map
@@ -366,7 +403,7 @@ def cifar_resnet(
         stem="cifar",
         stages=cifar_stages((depth - 2) // 6),
         block="basic",
-        shortcut="pad",
+        shortcut={"after": "pad", "symmetric": "pad_symmetric"}[_check_pad(shortcut_pad)],
         conv_fan="fan_in",  # the paper's nninit.kaiming: gain sqrt(2), fan-in
         num_classes=num_classes,
         input_shape=CIFAR_INPUT_SIZE if input_shape is None else input_shape,
