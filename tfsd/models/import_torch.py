@@ -202,7 +202,8 @@ def load_torch_resnet_weights(
 
 def _check_akamaster_shortcuts(model: keras.Model) -> None:
     """akamaster's option-A shortcut pads zeros on both sides; the model's must too."""
-    pads = [lay for lay in _leaf_layers(model) if isinstance(lay, ChannelZeroPad)]
+    layers = model._flatten_layers(include_self=False)  # noqa: SLF001  (branches included)
+    pads = [lay for lay in layers if isinstance(lay, ChannelZeroPad)]
     wrong = [lay.name for lay in pads if lay.placement != "symmetric"]
     if wrong:
         raise ValueError(
