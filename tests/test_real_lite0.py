@@ -9,9 +9,10 @@ What is asserted, and why it is robust: on ``chelsea`` (a tabby cat) the top 3 a
 three domestic-cat classes (Egyptian cat, tabby, tiger cat, in some order: the net may rank
 them differently after any harmless change, but a wrong mapping, normalisation or padding
 loses them); ``coffee`` is espresso at top 1; ``rocket`` has missile and projectile in its top
-3. The float exports must give the same top 5 as Keras, and every TFLite conversion (float,
-float16, dynamic range, int8 calibrated on other real photos with ``--calibration_images``) the
-same top 1 as the SavedModel on all 4 verification photos (rate 4/4).
+3. The folded export's ``serving_bytes`` must give the same top 5 as Keras, and every TFLite
+conversion (float16, dynamic range, int8 calibrated on 5 other real photos with
+``--calibration_images``) the same top 1 as the SavedModel on all 4 verification photos (rate
+4/4). These replaced the tiny synthetic Lite0 of tests/tflite_fixtures.py.
 """
 
 import json
@@ -30,7 +31,15 @@ skdata = pytest.importorskip("skimage.data")
 
 from tfsd import models  # noqa: E402
 from tfsd import predict as predict_cmd  # noqa: E402
-from tfsd.serving import class_names, saved_model, signatures, tflite_export  # noqa: E402
+from tfsd.serving import (  # noqa: E402
+    class_names,
+    saved_model,
+    signatures,
+    tflite_convert,
+    tflite_export,
+    tflite_images,
+    tflite_verify,
+)
 
 # Sorted by file name: the calibration photos first, then the verification photos.
 CALIBRATION = ("astronaut", "camera", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -117,16 +126,35 @@ def test_predict_prints_imagenet_class_names(lite0):
     assert "n07920052 espresso" in out.splitlines()[1]
 
 
-@pytest.mark.parametrize("quantize", ["none", "float16", "dynamic", "int8"])
-def test_tflite_keeps_top1_on_real_photos(lite0, quantize, tmp_path):
+def test_tflite_float16_and_dynamic_keep_top1_on_real_photos(lite0):
+    """One SavedModel load for both conversions, each verified on the 4 photos."""
+    model = tflite_convert.ServingModel(lite0["export"])
+    data = tflite_images.load_folder_data(
+        lite0["photos"], model, calibration_steps=len(CALIBRATION), verify_images=len(VERIFY)
+    )
+    assert len(data.verification) == len(VERIFY)
+    weights = {"float16": "DEQUANTIZE", "dynamic": "FULLY_CONNECTED"}
+    for quantize in ("float16", "dynamic"):
+        content = tflite_convert.convert(model, quantize)
+        report = tflite_verify.verify_tflite(content, model, data.verification, latency_runs=1)
+        assert report["top1_agreement"] == 1.0, (quantize, report)
+        assert weights[quantize] in report["ops"]
+        assert not any(n.startswith("Flex") for n in report["ops"])
+
+
+def test_tflite_int8_calibrated_on_real_photos_keeps_top1(lite0, tmp_path):
+    """``tfsd-tflite --calibration_images=DIR`` (the library call): int8 top-1 = float top-1."""
     report = tflite_export.convert_and_verify(
         lite0["export"],
-        str(tmp_path / f"lite0-{quantize}.tflite"),
-        quantize=quantize,
+        str(tmp_path / "lite0-int8.tflite"),
+        quantize="int8",
         calibration_images=lite0["photos"],
         calibration_steps=len(CALIBRATION),
         verify_images=len(VERIFY),
         latency_runs=1,
     )
+    assert report["calibration_images"] == len(CALIBRATION)
     assert report["images"] == len(VERIFY)
     assert report["top1_agreement"] == 1.0, report
+    assert report["num_float_ops"] == 0 and report["ops"].get("QUANTIZE") == 1  # all-integer
+    assert not any(n.startswith("Flex") for n in report["ops"])
