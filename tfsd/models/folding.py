@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
-from tfsd.models.resnet import ChannelZeroPad
+from tfsd.models.shortcuts import ChannelZeroPad
 
 # -------------------------------------------------------------------------------------------------
 # Folding a factor into a residual branch.

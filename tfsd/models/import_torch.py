@@ -27,7 +27,7 @@ from tfsd.models.folding import match_inverted_scaling, refresh_normalization
 
 # The keras.applications importer's model walk and input-normalisation fold, shared.
 from tfsd.models.import_keras import _fold_normalization, _leaf_layers, _own_variables, _Source
-from tfsd.models.resnet import ChannelZeroPad
+from tfsd.models.shortcuts import ChannelZeroPad
 from tfsd.models.torch_file import read_torch_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files (zip or legacy)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import keras
 
 from tfsd.models import common
 from tfsd.models.registry import ModelInfo, register
+from tfsd.models.shortcuts import ChannelZeroPad  # also resnet.ChannelZeroPad, as before
 
 BLOCKS = ("basic", "bottleneck")
 # sample_skip=None in sd_mode="sample" builds the mask form. Measured on a quiet 2-core CPU (README,
@@ -59,68 +60,6 @@ def imagenet_stages(blocks: Sequence[int]) -> tuple[Stage, ...]:
 # -------------------------------------------------------------------------------------------------
 # Layers.
 # -------------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="tfsd")
-class ChannelZeroPad(keras.layers.Layer):
-    """Pads with zero channels up to ``channels``: the paper's option-A shortcut.
-
-    The parameter-free shortcut of the paper's down-sampling blocks (He et al.'s option A).
-    Where the zeros go differs between references, and an imported model must match its source:
-
-    * ``placement="after"``: all zeros after the existing channels, as Torch ``nn.Padding(1,
-      pad, 3)`` in the stochastic-depth paper's code (yueatsprograms/Stochastic_Depth,
-      ``ResidualDrop.lua``); tfsd's default, since tfsd reproduces that paper.
-    * ``placement="symmetric"``: ``pad // 2`` zero channels before and the rest after, as
-      akamaster/pytorch_resnet_cifar10's ``LambdaLayer``: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0,
-      0, planes // 4, planes // 4))``; needed for weights trained with that code.
-
-    Args:
-      channels: number of output channels, at least the number of input channels.
-      placement: "after" or "symmetric" (above).
-      **kwargs: standard Keras layer arguments.
-    """
-
-    PLACEMENTS = ("after", "symmetric")
-
-    def __init__(self, channels: int, placement: str = "after", **kwargs: Any):
-        super().__init__(**kwargs)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}.")
-        if placement not in self.PLACEMENTS:
-            raise ValueError(f"placement must be one of {self.PLACEMENTS}, got {placement!r}.")
-        self.channels = channels
-        self.placement = placement
-
-    def split(self, input_channels: int) -> tuple[int, int]:
-        """(zero channels before, zero channels after) for ``input_channels`` inputs."""
-        pad = self._pad(input_channels)
-        before = pad // 2 if self.placement == "symmetric" else 0
-        return before, pad - before
-
-    def _pad(self, input_channels: int) -> int:
-        pad = self.channels - input_channels
-        if pad < 0:
-            raise ValueError(
-                f"{self.name}: cannot pad {input_channels} channels down to {self.channels}."
-            )
-        return pad
-
-    def call(self, x: Any) -> Any:
-        before, after = self.split(x.shape[-1])
-        if before == after == 0:
-            return x
-        return keras.ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[before, after]])
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        self._pad(input_shape[-1])
-        return (*input_shape[:-1], self.channels)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config["channels"] = self.channels
-        config["placement"] = self.placement
-        return config
 
 
 class _Ops:
@@ -193,18 +132,14 @@ def _branch_fn(ops: _Ops, block: str, channels: int, stride: int, prefix: str, z
 
 
 def _shortcut(ops: _Ops, x, kind: str, out_channels: int, stride: int, prefix: str):
-    """The shortcut of a block, or None for the identity.
-
-    ``kind``: "projection", or "pad" / "pad_symmetric" (`ChannelZeroPad` "after" / "symmetric").
-    """
+    """The shortcut of a block, or None (``kind``: "projection" or "pad:<placement>")."""
     if stride == 1 and x.shape[-1] == out_channels:
         return None
-    if kind in ("pad", "pad_symmetric"):
+    if kind.startswith("pad:"):
         # Stochastic-depth Torch code: SpatialAveragePooling(1, 1, 2, 2) then nn.Padding.
         if stride > 1:
             x = keras.layers.AveragePooling2D(1, strides=stride, name=f"{prefix}0_pool")(x)
-        placement = "symmetric" if kind == "pad_symmetric" else "after"
-        return ChannelZeroPad(out_channels, placement, name=f"{prefix}0_zeropad")(x)
+        return ChannelZeroPad(out_channels, kind[4:], name=f"{prefix}0_zeropad")(x)
     # Projection: 1×1 conv with the block's stride + BN (torchvision ``downsample``).
     return ops.conv_bn(x, out_channels, 1, stride, f"{prefix}0", relu=False)
 
@@ -337,14 +272,6 @@ CIFAR_INPUT_SIZE = (32, 32, 3)
 IMAGENET_INPUT_SIZE = (224, 224, 3)
 
 
-def _check_pad(shortcut_pad: str) -> str:
-    if shortcut_pad not in ChannelZeroPad.PLACEMENTS:
-        raise ValueError(
-            f"shortcut_pad must be one of {ChannelZeroPad.PLACEMENTS}, got {shortcut_pad!r}."
-        )
-    return shortcut_pad
-
-
 @common.sd_builder(CIFAR_SD)
 def cifar_resnet(
     *,
@@ -403,7 +330,7 @@ def cifar_resnet(
         stem="cifar",
         stages=cifar_stages((depth - 2) // 6),
         block="basic",
-        shortcut={"after": "pad", "symmetric": "pad_symmetric"}[_check_pad(shortcut_pad)],
+        shortcut=f"pad:{shortcut_pad}",  # ChannelZeroPad checks the placement
         conv_fan="fan_in",  # the paper's nninit.kaiming: gain sqrt(2), fan-in
         num_classes=num_classes,
         input_shape=CIFAR_INPUT_SIZE if input_shape is None else input_shape,
