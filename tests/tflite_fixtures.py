@@ -1,10 +1,12 @@
 """Trained tiny models for the TFLite tests (tests/test_tflite*.py), shared by the session.
 
-Three tiny models (a CIFAR ResNet-20, an EfficientNet-B0 and an EfficientNet-Lite0 at width
-0.25, 32×32 pixels) are trained on the synthetic dataset with fixed seeds, so that their top-1
-decisions have margins and agreement means something, then exported with `tfsd.export` (folded
-stochastic depth). Each is a `shared_artifact`: trained once per test session, whichever test
-file and xdist worker asks first; the others wait for it.
+Two tiny models (a CIFAR ResNet-20 and an EfficientNet-B0 at width 0.25, 32×32 pixels) are
+trained on the synthetic dataset with fixed seeds, so that their top-1 decisions have margins and
+agreement means something, then exported with `tfsd.export` (folded stochastic depth). The Lite
+family (ReLU6, no squeeze-excite) is checked on the real ImageNet EfficientNet-Lite0 instead
+(tests/test_real_lite0.py: float16, dynamic and int8 on real photos), which replaced a tiny Lite0
+trained here for 600 SGD steps. Each is a `shared_artifact`: trained once per test session,
+whichever test file and xdist worker asks first; the others wait for it.
 
 Agreement is measured on `VERIFY` held-out eval images, disjoint from the `CALIBRATION` images:
 ≥ 99% there allows at most 2 disagreements, ≥ 98% at most 4.
@@ -41,7 +43,6 @@ DATA = {"name": "synthetic", "synthetic_train_size": 8192, "synthetic_eval_size"
 VARIANTS = {
     "resnet": ("cifar_resnet20", dict(width=0.25), 120, "adam"),
     "effnet": ("efficientnet_b0", dict(width=0.25, depth=0.34), 300, "sgd"),
-    "lite": ("efficientnet_lite0", dict(width=0.25, depth=0.34), 600, "sgd"),
 }
 
 

@@ -28,7 +28,12 @@ from tfsd import distribute, models
 from tfsd.models import common
 
 # Fields added after runs were written: a config.json without them holds these values.
-NEW_FIELD_DEFAULTS = {"init.source": "", "init.skip": "", "init.freeze_steps": 0}
+NEW_FIELD_DEFAULTS = {
+    "init.source": "",
+    "init.skip": "",
+    "init.freeze_steps": 0,
+    "init.arch": "",
+}
 
 # Fields that may differ between a run and its resumption: they change how long a run goes and
 # how it reports, never what one training step computes.
@@ -112,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.source = ""  # --config.init.from=PATH is an alias (tfsd.train)
     c.init.skip = ""
     c.init.freeze_steps = 0
+    # The PyTorch EfficientNet source (tfsd.models.load_pretrained arch=): needed for timm's
+    # (e.g. "tf_efficientnet_lite0"), guessed for lukemelas' .pth files.
+    c.init.arch = ""
     c.distribute = ml_collections.ConfigDict()
     # auto | default | one_device | mirrored | multi_worker_mirrored | tpu (tfsd.distribute).
     c.distribute.strategy = "default"

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import tensorflow as tf
 from absl import app, flags
 
 from tfsd import cli
-from tfsd.serving import saved_model
+from tfsd.serving import class_names, saved_model
 from tfsd.serving.publish import ExportError
 from tfsd.training import run_dir
 
@@ -35,8 +34,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
         "preprocess", "inception", ["inception", "cifar", "none"], "--keras_model only.", **f
     )
     flags.DEFINE_string(
-        "class_names", None, "--keras_model only: a text file with one class name per line.", **f
-    )
+        "class_names", None,
+        "--keras_model only: a text file with one class name per line, or 'imagenet'.", **f,
+    )  # fmt: skip
 
 
 COMMAND = cli.Command("tfsd.export", _define_flags)
@@ -66,10 +66,7 @@ def main(argv: list[str]) -> None:
                 **common,
             )
         else:
-            names = None
-            if v["class_names"]:
-                with tf.io.gfile.GFile(v["class_names"]) as f:
-                    names = [line.strip() for line in f if line.strip()]
+            names = class_names.read_class_names(v["class_names"]) if v["class_names"] else None
             path = saved_model.export_keras_file(
                 v["keras_model"],
                 v["export_dir"],

@@ -27,6 +27,15 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "representative_config", None, "Eval images of this config (NAME[:ARG]).", **f
     )
+    flags.DEFINE_string(
+        "calibration_images", None,
+        "A folder of images (any): calibration then verification, for exports without a run.",
+        **f,
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "calibration_preprocess", "inception", ["inception", "cifar", "none"],
+        "--calibration_images: the export's preprocessing (tfsd-export --preprocess).", **f,
+    )  # fmt: skip
     flags.DEFINE_integer(
         "calibration_steps", tflite_verify.DEFAULT_CALIBRATION_STEPS, "int8 calibration images.",
         **f,
@@ -68,6 +77,8 @@ def main(argv: list[str]) -> None:
         report = tflite_export.convert_and_verify(
             v["saved_model"], v["output"], quantize=v["quantize"], model_dir=v["model_dir"],
             representative_config=v["representative_config"], data_dir=v["data_dir"],
+            calibration_images=v["calibration_images"],
+            calibration_preprocess=v["calibration_preprocess"],
             calibration_steps=v["calibration_steps"], verify_images=v["verify_images"],
             int8_io=v["int8_io"], int8_fallback=v["int8_fallback"],
             min_agreement=v["min_agreement"], max_float_fraction=v["max_float_fraction"],

@@ -2,8 +2,9 @@
 
 Importing this package registers every model (``list_models()``). Modules: ``common`` (constants,
 `SDConfig`, shared blocks), ``registry``, ``resnet``, ``efficientnet``, ``folding`` (folding
-factors into weights, `fold_stochastic_depth`), ``import_keras`` and ``import_torch`` (weights
-from keras.applications and PyTorch).
+factors into weights, `fold_stochastic_depth`, `refresh_normalization`), ``import_keras``,
+``import_torch`` and ``import_torch_efficientnet`` (weights from keras.applications and PyTorch),
+``torch_file`` (PyTorch checkpoints without pickle) and ``pretrained`` (`load_pretrained`).
 """
 
 from tfsd.models import efficientnet, resnet  # noqa: F401  (registration)
@@ -11,11 +12,14 @@ from tfsd.models.common import SDConfig
 from tfsd.models.folding import (
     fold_stochastic_depth,
     match_inverted_scaling,
+    refresh_normalization,
     scale_branch_output,
     scale_layer_output,
 )
 from tfsd.models.import_keras import load_keras_applications_weights
 from tfsd.models.import_torch import load_torch_resnet_weights
+from tfsd.models.import_torch_efficientnet import load_torch_efficientnet_weights
+from tfsd.models.pretrained import load_pretrained
 from tfsd.models.registry import (
     ModelInfo,
     create_model,
@@ -25,6 +29,7 @@ from tfsd.models.registry import (
     list_models,
     register,
 )
+from tfsd.models.torch_file import read_torch_file
 
 __all__ = [
     "ModelInfo",
@@ -36,8 +41,12 @@ __all__ = [
     "get_model_info",
     "list_models",
     "load_keras_applications_weights",
+    "load_pretrained",
+    "load_torch_efficientnet_weights",
     "load_torch_resnet_weights",
     "match_inverted_scaling",
+    "read_torch_file",
+    "refresh_normalization",
     "register",
     "scale_branch_output",
     "scale_layer_output",

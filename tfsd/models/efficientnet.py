@@ -172,10 +172,21 @@ def block_plan(
     return blocks
 
 
-def _correct_pad(size: tuple[int | None, int | None], kernel: int) -> tuple:
-    """keras.applications' ``correct_pad``: TF "same" padding of a stride-2 conv, made explicit."""
-    adjust = (1, 1) if size[0] is None else (1 - size[0] % 2, 1 - size[1] % 2)
+PADDINGS = ("same", "symmetric")  # the stride-2 convs' padding, `efficientnet` stride2_padding
+
+
+def _correct_pad(size: tuple[int | None, int | None], kernel: int, mode: str = "same") -> tuple:
+    """The explicit padding of a stride-2 conv.
+
+    "same": keras.applications' ``correct_pad``, TF "same" padding (one pixel less before than
+    after on even sizes), as the TF reference, timm's ``tf_`` ports and lukemelas'
+    ``Conv2dStaticSamePadding``. "symmetric": ``kernel // 2`` on every side, PyTorch's
+    ``padding=k // 2`` as timm's native ``efficientnet_b0`` / ``efficientnet_lite0``.
+    """
     half = kernel // 2
+    if mode == "symmetric":
+        return ((half, half), (half, half))
+    adjust = (1, 1) if size[0] is None else (1 - size[0] % 2, 1 - size[1] % 2)
     return ((half - adjust[0], half), (half - adjust[1], half))
 
 
@@ -211,7 +222,7 @@ class _Ops:
         return keras.layers.Activation(self.activation, name=name)(x)
 
 
-def _mbconv_fn(ops: _Ops, block: Block, use_se: bool):
+def _mbconv_fn(ops: _Ops, block: Block, use_se: bool, padding: str = "same"):
     """The body of an MBConv block up to ``project_bn`` (keras.applications ``block``)."""
     p = block.name
 
@@ -223,7 +234,7 @@ def _mbconv_fn(ops: _Ops, block: Block, use_se: bool):
             x = ops.bn(x, f"{p}expand_bn")
             x = ops.act(x, f"{p}expand_activation")
         if block.stride == 2:
-            pad = _correct_pad(x.shape[1:3], block.kernel)
+            pad = _correct_pad(x.shape[1:3], block.kernel, padding)
             x = keras.layers.ZeroPadding2D(pad, name=f"{p}dwconv_pad")(x)
         x = keras.layers.DepthwiseConv2D(
             block.kernel,
@@ -282,6 +293,7 @@ def efficientnet(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     sync_bn: bool = False,
+    stride2_padding: str = "same",
     include_top: bool = True,
     pooling: str | None = None,
 ) -> keras.Model:
@@ -315,6 +327,9 @@ def efficientnet(
       bn_momentum, bn_epsilon: BatchNorm settings (0.99 and 1e-3 as the reference).
       sync_bn: cross-replica (synchronized) BatchNorm, as the TPU recipe (needs
         ``sync_replicas=True`` with skipping stochastic depth).
+      stride2_padding: padding of the stride-2 stem and depthwise convs: "same" (TF "same",
+        as keras.applications and the TF reference) or "symmetric" (PyTorch ``k // 2``, for
+        timm's non-``tf_`` weights; `tfsd.models.load_torch_efficientnet_weights`).
       include_top: add the pooled classifier; False builds a feature extractor (as
         keras.applications) whose output ``pooling`` chooses.
       pooling: with ``include_top=False``: None returns the ``top_activation`` feature map,
@@ -329,6 +344,8 @@ def efficientnet(
     common.check_number(dropout, "dropout", 0.0, 1.0, closed=False)
     common.check_number(bn_momentum, "bn_momentum", 0.0, 1.0)
     common.check_number(bn_epsilon, "bn_epsilon", 0.0)
+    if stride2_padding not in PADDINGS:
+        raise ValueError(f"stride2_padding must be one of {PADDINGS}, got {stride2_padding!r}.")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -354,13 +371,14 @@ def efficientnet(
     inputs = keras.Input(shape=input_shape, name="images")
     x = common.normalize_pixels(inputs, mean, std)
     # Stem: 3×3/2 conv + BN + activation.
-    x = keras.layers.ZeroPadding2D(_correct_pad(x.shape[1:3], 3), name="stem_conv_pad")(x)
+    stem_pad = _correct_pad(x.shape[1:3], 3, stride2_padding)
+    x = keras.layers.ZeroPadding2D(stem_pad, name="stem_conv_pad")(x)
     x = ops.conv(x, stem_filters, 3, "stem_conv", strides=2, padding="valid")
     x = ops.bn(x, "stem_bn")
     x = ops.act(x, "stem_activation")
 
     for block in plan:
-        body = _mbconv_fn(ops, block, use_se)
+        body = _mbconv_fn(ops, block, use_se, stride2_padding)
         if not block.residual:
             x = body(x)
             continue

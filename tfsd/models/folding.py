@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
-from tfsd.models.resnet import ChannelZeroPad
+from tfsd.models.shortcuts import ChannelZeroPad
 
 # -------------------------------------------------------------------------------------------------
 # Folding a factor into a residual branch.
@@ -276,12 +276,22 @@ def match_inverted_scaling(model: keras.Model) -> list[str]:
 # -------------------------------------------------------------------------------------------------
 
 
-def _refresh_normalization(model: keras.Model) -> None:
-    # keras' Normalization snapshots its adapted mean/variance as constants in finalize_state();
-    # after set_weights() they must be re-snapshotted or the old statistics stay in use.
-    for layer in model._flatten_layers(include_self=True):
+def refresh_normalization(model: keras.Model) -> None:
+    """Makes every ``Normalization`` layer of ``model`` use the mean/variance its weights hold.
+
+    Keras' Normalization copies its ``mean``/``variance`` variables into constants in
+    ``finalize_state()`` (keras/src/layers/preprocessing/normalization.py) and ``call()`` uses
+    the constants. Anything that assigns the variables — checkpoint restore, ``set_weights``,
+    the EMA's assign and swap, the importers — must call this afterwards, or the model keeps
+    normalising with the statistics it was built with. Compiled ``predict``/``test``/``train``
+    functions captured the old constants, so they are dropped too.
+    """
+    for layer in model._flatten_layers(include_self=True):  # noqa: SLF001
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()
+    for attr in ("predict_function", "test_function", "train_function"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
 
 
 def _fold_into_producer(tensor, container: keras.Model, factor: float, where: str) -> None:
@@ -378,7 +388,7 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
     folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
     for original, new in copies:
         new.set_weights(original.get_weights())
-    _refresh_normalization(folded)
+    refresh_normalization(folded)
 
     for layer in model.layers:
         if not isinstance(layer, sd_layers.StochasticDepth) or layer.scale_at != "inference":
@@ -404,16 +414,16 @@ def _plain_channel_pad(layer: ChannelZeroPad, x):
     instead. Neither multiplies anything.
     """
     height, width, channels = x.shape[1:]
-    pad = layer.channels - channels
+    before, after = layer.split(channels)  # the layer's placement of the zeros
     name = layer.name
-    if pad == 0:
+    if before == after == 0:
         return keras.layers.Identity(name=name)(x)
     if height is not None and width is not None:
         y = keras.layers.Reshape((height, width, channels, 1), name=f"{name}_expand")(x)
-        y = keras.layers.ZeroPadding3D(((0, 0), (0, 0), (0, pad)), name=f"{name}_pad")(y)
+        y = keras.layers.ZeroPadding3D(((0, 0), (0, 0), (before, after)), name=f"{name}_pad")(y)
         return keras.layers.Reshape((height, width, layer.channels), name=name)(y)
     y = keras.layers.Permute((3, 1, 2), name=f"{name}_to_cfirst")(x)
-    y = keras.layers.ZeroPadding2D(((0, pad), (0, 0)), name=f"{name}_pad")(y)
+    y = keras.layers.ZeroPadding2D(((before, after), (0, 0)), name=f"{name}_pad")(y)
     return keras.layers.Permute((2, 3, 1), name=name)(y)
 
 

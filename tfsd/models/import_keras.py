@@ -23,7 +23,7 @@ import numpy as np
 
 from tfsd import layers as sd_layers
 from tfsd.models import common
-from tfsd.models.folding import match_inverted_scaling
+from tfsd.models.folding import match_inverted_scaling, refresh_normalization
 
 # keras.applications efficientnet.py's IMAGENET_STDDEV_RGB (the same numbers as tfsd's ImageNet
 # std): the extra Rescaling is 1/sqrt of these. keras.applications adds it only with
@@ -256,7 +256,7 @@ def _fold_normalization(model: keras.Model, src: _Source) -> None:
     sd = np.asarray(rescaling.scale, "float64") / a
     norm.adapt_mean.assign((-b * sd).astype("float32"))
     norm.adapt_variance.assign(np.square(sd).astype("float32"))
-    norm.finalize_state()
+    refresh_normalization(model)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -364,10 +364,7 @@ def load_keras_applications_weights(
 
     # keras.applications scales at training time; fold 1/p where the model scales at inference.
     match_inverted_scaling(model)
-    # Compiled functions may hold the old normalisation constants (Normalization.finalize_state).
-    for attr in ("predict_function", "test_function", "train_function"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
+    refresh_normalization(model)  # the new statistics in use, compiled functions dropped
     copied = [layer.name for layer, _, _ in plan]
     return (
         [norm_layers[0].name] if norm_layers and norm_layers[0].name not in skip else []

@@ -1,9 +1,11 @@
-"""Importing PyTorch ResNet weights (torchvision / timm state dicts in ``.safetensors``).
+"""Importing PyTorch ResNet weights (torchvision / timm / akamaster state dicts).
 
 `load_torch_resnet_weights` copies a torchvision or timm ResNet state dict (torchvision
 ``resnet.py`` naming) into the tfsd ResNet of the same architecture (`tfsd.models.resnet`), tensor
-by tensor, checking every shape before it assigns anything. The file is read with
-``safetensors.numpy``: no torch at run time.
+by tensor, checking every shape before it assigns anything. Files are read with
+``safetensors.numpy`` or, for ``.pth`` / ``.pt`` / ``.bin``, `tfsd.models.torch_file` (no
+pickle): no torch at run time. `assign_state_dict` is the check-then-assign core shared with
+`tfsd.models.import_torch_efficientnet`.
 
 See docs/models.md, "Reference: tfsd/models/import_torch.py" (which models map, name mapping,
 tensor layouts, BatchNorm epsilon, input normalisation, stochastic-depth scaling).
@@ -21,11 +23,14 @@ from safetensors import SafetensorError  # setup.py install_requires
 from safetensors.numpy import load_file
 
 from tfsd.models import common
-from tfsd.models.folding import match_inverted_scaling
+from tfsd.models.folding import match_inverted_scaling, refresh_normalization
 
 # The keras.applications importer's model walk and input-normalisation fold, shared.
 from tfsd.models.import_keras import _fold_normalization, _leaf_layers, _own_variables, _Source
+from tfsd.models.shortcuts import ChannelZeroPad
+from tfsd.models.torch_file import read_torch_file
 
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files (zip or legacy)
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default eps, used by torchvision and timm
 # Heads of the sources that map: torchvision/timm ``fc``, akamaster's CIFAR ResNets ``linear``.
 _HEADS = ("fc", "linear")
@@ -102,22 +107,27 @@ def torch_resnet_mapping(
     return mapping
 
 
-def _read_state_dict(source: str | os.PathLike | Mapping[str, np.ndarray]) -> tuple[dict, str]:
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, np.ndarray], *, key: str | None = None
+) -> tuple[dict[str, np.ndarray], str]:
+    """``(state dict as NumPy arrays, description)`` of a file or a dict.
+
+    ``.safetensors`` is read with ``safetensors.numpy``; ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``
+    with `tfsd.models.torch_file.read_torch_file` (no pickle, nothing executed; ``key`` picks a
+    training checkpoint's entry).
+    """
     if isinstance(source, Mapping):
         return {k: np.asarray(v) for k, v in source.items()}, "the state dict"
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(
-            f"source must be the path of a .safetensors file or a dict of NumPy arrays, got "
-            f"{type(source).__name__}."
+            f"source must be the path of a .safetensors / .pth file or a dict of NumPy arrays, "
+            f"got {type(source).__name__}."
         )
     path = os.path.expanduser(os.fspath(source))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No state dict file at {path!r}.")
-    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        raise ValueError(
-            f"{path!r} looks like a pickled torch checkpoint; convert it once where torch is "
-            f"installed: safetensors.torch.save_file(torch.load(path), 'model.safetensors')."
-        )
+    if path.endswith(TORCH_SUFFIXES):
+        return read_torch_file(path, key=key), f"{path!r}"
     try:
         return load_file(path), f"{path!r}"
     except (SafetensorError, TypeError, ValueError) as e:  # not safetensors, or bf16 (no NumPy)
@@ -147,7 +157,9 @@ def load_torch_resnet_weights(
     Args:
       model: a tfsd ResNet (`tfsd.models.resnet`) of the source's architecture; with
         ``include_top=False`` the source's head is ignored.
-      source: a ``.safetensors`` file of the state dict, or the state dict as NumPy arrays.
+      source: a ``.safetensors`` file of the state dict, a PyTorch checkpoint (``.pth``, ``.pt``,
+        ``.bin``; read by `tfsd.models.torch_file.read_torch_file`, nothing executed), or the
+        state dict as NumPy arrays.
       mean, std: the source's input normalisation of [0, 1] images (ImageNet's by default,
         as torchvision's weights were trained with).
       source_bn_epsilon: the source's BatchNorm eps (PyTorch's default 1e-5).
@@ -159,15 +171,75 @@ def load_torch_resnet_weights(
 
     Raises:
       FileNotFoundError: ``source`` is a path that does not exist.
-      ValueError: the file is not a safetensors state dict; a tensor is missing, unused or of
-        another shape (the message names the torch key and the tfsd variable). Nothing is
-        assigned unless every check passes.
+      ValueError: the file is not a safetensors state dict or a safe torch checkpoint; a tensor
+        is missing, unused or of another shape (the message names the torch key and the tfsd
+        variable); an akamaster CIFAR ResNet (head ``linear``) into a model whose shortcuts do
+        not pad symmetrically (build it with ``shortcut_pad="symmetric"``). Nothing is assigned
+        unless every check passes.
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a keras.Model, got {type(model).__name__}.")
-    state, where = _read_state_dict(source)
+    state, where = read_state_dict(source)
     heads = [h for h in _HEADS if f"{h}.weight" in state]
-    mapping = torch_resnet_mapping(model, head=heads[0] if heads else "fc")
+    head = heads[0] if heads else "fc"
+    mapping = torch_resnet_mapping(model, head=head)
+    if head == "linear":
+        _check_akamaster_shortcuts(model)
+    return assign_state_dict(
+        model,
+        state,
+        where,
+        mapping,
+        mean=mean,
+        std=std,
+        source_bn_epsilon=source_bn_epsilon,
+        skip_layers=skip_layers,
+        ignored_prefixes=_HEADS,
+        hint="Is it the same architecture (depth, block type, plain torchvision stem and "
+        "shortcuts)?",
+    )
+
+
+def _check_akamaster_shortcuts(model: keras.Model) -> None:
+    """akamaster's option-A shortcut pads zeros on both sides; the model's must too."""
+    layers = model._flatten_layers(include_self=False)  # noqa: SLF001  (branches included)
+    pads = [lay for lay in layers if isinstance(lay, ChannelZeroPad)]
+    wrong = [lay.name for lay in pads if lay.placement != "symmetric"]
+    if wrong:
+        raise ValueError(
+            f"The state dict is an akamaster CIFAR ResNet (head 'linear'), whose shortcuts pad "
+            f"zero channels before and after (LambdaLayer F.pad(..., planes // 4, planes // 4)); "
+            f"the shortcuts of model {model.name!r} ({wrong[0]!r}, …) pad after only. Build it "
+            f"with shortcut_pad='symmetric' (--config.model.overrides.shortcut_pad=symmetric)."
+        )
+
+
+def assign_state_dict(
+    model: keras.Model,
+    state: Mapping[str, np.ndarray],
+    where: str,
+    mapping: Mapping[str, list[tuple[keras.Variable, str, Callable[[np.ndarray], np.ndarray]]]],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    source_bn_epsilon: float,
+    skip_layers: Sequence[str] = (),
+    ignored_prefixes: Sequence[str] = (),
+    hint: str = "",
+) -> list[str]:
+    """Checks, then assigns, a PyTorch state dict through ``mapping`` (the importers' core).
+
+    ``mapping`` is ``{tfsd layer name: [(variable, torch key, transform), ...]}``. Every tensor
+    is checked (present, shape after ``transform``, BatchNorm variance + eps ≥ 0) and every
+    tensor of ``state`` must be used (``num_batches_tracked`` and, without a ``predictions``
+    layer, keys under ``ignored_prefixes`` excepted) before anything is assigned. Then the input
+    normalisation is set to ``(x / 255 − mean) / std``, BatchNorm variances are shifted by the
+    eps difference, 1/p is folded where the model scales at inference, and the normalisation
+    in use is refreshed (`refresh_normalization`).
+
+    Returns:
+      The names of the layers that received weights (``normalization`` first).
+    """
     unknown = set(skip_layers) - set(mapping)
     if unknown:
         raise ValueError(f"skip_layers {sorted(unknown)} are not weight-carrying layers of model.")
@@ -188,13 +260,13 @@ def load_torch_resnet_weights(
                 )
             array = np.asarray(transform(state[key]), dtype="float64")
             if array.shape != tuple(variable.shape):
-                hint = " Pass skip_layers=['predictions'] for a new head." * (
+                hint_head = " Pass skip_layers=['predictions'] for a new head." * (
                     layer_name == "predictions"
                 )
                 raise ValueError(
                     f"Tensor {key!r} of {where} has shape {tuple(state[key].shape)}, "
                     f"{array.shape} in Keras layout, but {variable.path!r} of model "
-                    f"{model.name!r} has shape {tuple(variable.shape)}.{hint}"
+                    f"{model.name!r} has shape {tuple(variable.shape)}.{hint_head}"
                 )
             if variable.name == "moving_variance":
                 # Keep var + eps: the normalised activations do not change.
@@ -213,18 +285,17 @@ def load_torch_resnet_weights(
         for k in state
         if k not in used
         and not k.endswith(".num_batches_tracked")  # a training counter, no Keras counterpart
-        and not (not has_head and k.split(".")[0] in _HEADS)
+        and not (not has_head and k.split(".")[0] in ignored_prefixes)
     )
     if unused:
         raise ValueError(
             f"{where} has tensors model {model.name!r} has no counterpart for: {unused[:8]}"
-            f"{' …' if len(unused) > 8 else ''}. Is it the same architecture (depth, block type, "
-            f"plain torchvision stem and shortcuts)?"
+            f"{' …' if len(unused) > 8 else ''}. {hint}"
         )
 
     _check_vector(mean, "mean", model)
     _check_vector(std, "std", model)
-    # torchvision computes (x / 255 − mean) / std outside the model, tfsd inside: same first-conv
+    # PyTorch computes (x / 255 − mean) / std outside the model, tfsd inside: same first-conv
     # input from [0, 255] images.
     chain_source = _Source(f"torch normalisation mean={tuple(mean)}, std={tuple(std)}")
     chain_source.input_chain = [
@@ -237,9 +308,7 @@ def load_torch_resnet_weights(
     # PyTorch models (timm drop_path included) are identity at inference: fold 1/p where the
     # tfsd model scales the branch by p at inference.
     match_inverted_scaling(model)
-    for attr in ("predict_function", "test_function", "train_function"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)  # compiled functions hold the old normalisation constants
+    refresh_normalization(model)
     return ["normalization"] + [n for n in mapping if n not in skip_layers]
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import keras
 
 from tfsd.models import common
 from tfsd.models.registry import ModelInfo, register
+from tfsd.models.shortcuts import ChannelZeroPad  # also resnet.ChannelZeroPad, as before
 
 BLOCKS = ("basic", "bottleneck")
 # sample_skip=None in sd_mode="sample" builds the mask form. Measured on a quiet 2-core CPU (README,
@@ -59,47 +60,6 @@ def imagenet_stages(blocks: Sequence[int]) -> tuple[Stage, ...]:
 # -------------------------------------------------------------------------------------------------
 # Layers.
 # -------------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="tfsd")
-class ChannelZeroPad(keras.layers.Layer):
-    """Appends zero channels up to ``channels`` (Torch ``nn.Padding`` on the channel axis).
-
-    The parameter-free shortcut of the paper's down-sampling blocks (He et al.'s option A).
-
-    Args:
-      channels: number of output channels, at least the number of input channels.
-      **kwargs: standard Keras layer arguments.
-    """
-
-    def __init__(self, channels: int, **kwargs: Any):
-        super().__init__(**kwargs)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}.")
-        self.channels = channels
-
-    def _pad(self, input_channels: int) -> int:
-        pad = self.channels - input_channels
-        if pad < 0:
-            raise ValueError(
-                f"{self.name}: cannot pad {input_channels} channels down to {self.channels}."
-            )
-        return pad
-
-    def call(self, x: Any) -> Any:
-        pad = self._pad(x.shape[-1])
-        if pad == 0:
-            return x
-        return keras.ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, pad]])
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        self._pad(input_shape[-1])
-        return (*input_shape[:-1], self.channels)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config["channels"] = self.channels
-        return config
 
 
 class _Ops:
@@ -172,14 +132,14 @@ def _branch_fn(ops: _Ops, block: str, channels: int, stride: int, prefix: str, z
 
 
 def _shortcut(ops: _Ops, x, kind: str, out_channels: int, stride: int, prefix: str):
-    """The shortcut of a block, or None for the identity."""
+    """The shortcut of a block, or None (``kind``: "projection" or "pad:<placement>")."""
     if stride == 1 and x.shape[-1] == out_channels:
         return None
-    if kind == "pad":
+    if kind.startswith("pad:"):
         # Stochastic-depth Torch code: SpatialAveragePooling(1, 1, 2, 2) then nn.Padding.
         if stride > 1:
             x = keras.layers.AveragePooling2D(1, strides=stride, name=f"{prefix}0_pool")(x)
-        return ChannelZeroPad(out_channels, name=f"{prefix}0_zeropad")(x)
+        return ChannelZeroPad(out_channels, kind[4:], name=f"{prefix}0_zeropad")(x)
     # Projection: 1×1 conv with the block's stride + BN (torchvision ``downsample``).
     return ops.conv_bn(x, out_channels, 1, stride, f"{prefix}0", relu=False)
 
@@ -327,6 +287,7 @@ def cifar_resnet(
     bn_epsilon: float = 1e-5,
     sync_bn: bool = False,
     zero_init_residual: bool = False,
+    shortcut_pad: str = "after",
     include_top: bool = True,
     pooling: str | None = None,
 ) -> keras.Model:
@@ -350,6 +311,9 @@ def cifar_resnet(
       sync_bn: cross-replica (synchronized) BatchNorm; needs ``sync_replicas=True`` with
         skipping stochastic depth.
       zero_init_residual: zero-initialise the last BN gamma of each branch (Goyal et al. 2017).
+      shortcut_pad: where the down-sampling shortcut's zero channels go (`ChannelZeroPad`):
+        "after" (the paper's Torch code; default) or "symmetric" (akamaster's CIFAR ResNets,
+        whose weights `tfsd.models.load_torch_resnet_weights` imports only into this form).
       include_top: add the pooled classifier (``avg_pool`` + ``predictions``). False builds a
         feature extractor (as keras.applications): no classifier weights, ``num_classes`` unused.
       pooling: with ``include_top=False``: None returns the last block's feature map
@@ -366,7 +330,7 @@ def cifar_resnet(
         stem="cifar",
         stages=cifar_stages((depth - 2) // 6),
         block="basic",
-        shortcut="pad",
+        shortcut=f"pad:{shortcut_pad}",  # ChannelZeroPad checks the placement
         conv_fan="fan_in",  # the paper's nninit.kaiming: gain sqrt(2), fan-in
         num_classes=num_classes,
         input_shape=CIFAR_INPUT_SIZE if input_shape is None else input_shape,

@@ -15,6 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfsd.serving import tflite_images
 from tfsd.serving.tflite_convert import QUANTIZATIONS, ServingModel, TFLiteError, convert
 from tfsd.serving.tflite_fallback import (
     DEFAULT_MAX_FLOAT_FRACTION,
@@ -79,6 +80,8 @@ def convert_and_verify(
     quantize: str = "none",
     model_dir: str | None = None,
     representative_config: str | None = None,
+    calibration_images: str | None = None,
+    calibration_preprocess: str = "inception",
     data_dir: str | None = None,
     calibration_steps: int = DEFAULT_CALIBRATION_STEPS,
     verify_images: int = DEFAULT_VERIFY_IMAGES,
@@ -99,7 +102,11 @@ def convert_and_verify(
       output: the ``.tflite`` path; the JSON report goes to ``output + ".json"``.
       quantize: ``none`` | ``float16`` | ``dynamic`` | ``int8``.
       model_dir / representative_config: where eval images come from (the run's dataset, or a
-        named config such as ``cifar10_resnet110:runlocal``); int8 needs one.
+        named config such as ``cifar10_resnet110:runlocal``); int8 needs one of them or
+        ``calibration_images``.
+      calibration_images: a folder of any images for exports without a run
+        (`tfsd.serving.tflite_images`): decoded with ``calibration_preprocess`` (checked against
+        the export's serving_bytes), the first ``calibration_steps`` calibrate, the rest verify.
       calibration_steps: calibration images (batch 1 each), the first of the eval split.
       verify_images: held-out verification images, the ones after the calibration images,
         whatever the quantization: every conversion (and ``verify_only``) with the same data
@@ -138,17 +145,25 @@ def convert_and_verify(
         quantize == "int8"
         and not verify_only
         and data is None
-        and not (model_dir or representative_config)
+        and not (model_dir or representative_config or calibration_images)
     ):
         raise TFLiteError(
-            "int8 quantization needs representative data: pass --model_dir=RUN or "
-            "--representative_config=NAME[:ARG] (eval images calibrate the activations)."
+            "int8 quantization needs representative data: pass --model_dir=RUN, "
+            "--representative_config=NAME[:ARG] or --calibration_images=DIR (images calibrate "
+            "the activations)."
         )
+    if calibration_images and (model_dir or representative_config):
+        raise ValueError("Give one of model_dir, representative_config and calibration_images.")
     model = ServingModel(saved_model)
     if model.height != model.width:
         raise TFLiteError(
             f"Eval images are square; {saved_model} takes {model.height}x{model.width}."
         )
+    if data is None and calibration_images:
+        data = tflite_images.load_folder_data(
+            calibration_images, model, preprocess=calibration_preprocess,
+            calibration_steps=calibration_steps, verify_images=verify_images,
+        )  # fmt: skip
     if data is None:
         data = load_eval_data(
             image_size=model.height, model_dir=model_dir,

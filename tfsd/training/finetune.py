@@ -1,7 +1,8 @@
 """Fine-tuning: a fresh run's initial weights from pretrained files or another run.
 
-``config.init.from`` (a run, a checkpoint, keras.applications ``.h5``, ``.keras``, PyTorch
-``.safetensors``), ``config.init.skip`` and ``config.init.freeze_steps``. See
+``config.init.from`` (a run, a checkpoint, or any file `tfsd.models.load_pretrained` reads:
+keras.applications ``.h5``, ``.keras``, PyTorch ``.safetensors`` / ``.pth`` / ``.pt`` /
+``.bin``), ``config.init.arch``, ``config.init.skip`` and ``config.init.freeze_steps``. See
 ``docs/training.md``, "Fine-tuning from pretrained weights".
 """
 
@@ -47,6 +48,7 @@ def copy_weights_by_path(source: keras.Model, model: keras.Model, skip=()) -> li
         else:
             v.assign(src.numpy())
             copied.add(layer)
+    models.refresh_normalization(model)  # the copied normalisation statistics in use
     if problems:
         raise ValueError(
             "init.from does not fit the model (add differing layers, e.g. the head "
@@ -60,10 +62,10 @@ def initialize_from(config, model: keras.Model, data_dir: str | None = None) -> 
 
     Dispatch on the path: a directory or a checkpoint prefix (``PREFIX.index`` exists) is a
     tfsd run (`tfsd.training.run_dir.restore_run`, EMA weights when kept, copied by weight path);
-    ``.safetensors`` a torchvision/timm ResNet (`tfsd.models.load_torch_resnet_weights`);
-    ``.h5`` / ``.weights.h5`` keras.applications EfficientNet weights
-    (`tfsd.models.load_keras_applications_weights`); ``.keras`` a saved model, a tfsd one
-    copied by weight path, any other (keras.applications) through that importer.
+    ``.keras`` a saved model, a tfsd one copied by weight path; every other file (and a
+    non-tfsd ``.keras`` model) goes to `tfsd.models.load_pretrained` (keras.applications
+    ``.h5``, PyTorch ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` for ResNets and
+    EfficientNets; ``config.init.arch`` names a timm EfficientNet source).
 
     Returns:
       The names of the layers that received weights.
@@ -78,20 +80,18 @@ def initialize_from(config, model: keras.Model, data_dir: str | None = None) -> 
         return copy_weights_by_path(source, model, skip)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"init.from: {path} does not exist.")
-    if path.endswith(".safetensors"):
-        return models.load_torch_resnet_weights(model, path, skip_layers=skip)
-    if path.endswith(".h5"):
-        return models.load_keras_applications_weights(model, path, skip_layers=skip)
     if path.endswith(".keras"):
         source = keras.saving.load_model(path, compile=False)
         layers = source._flatten_layers(include_self=False)  # noqa: SLF001
         if any(type(lay).__module__.startswith("tfsd.") for lay in layers):
             return copy_weights_by_path(source, model, skip)
-        return models.load_keras_applications_weights(model, source, skip_layers=skip)
-    raise ValueError(
-        f"init.from: {path} is not a run directory, a checkpoint prefix, a .h5 / .weights.h5, "
-        ".keras or .safetensors file."
-    )
+        return models.load_pretrained(model, source, skip_layers=skip)
+    # Every other file: keras.applications .h5, .safetensors, PyTorch .pth/.pt/.bin.
+    options = {"skip_layers": skip}
+    arch = str(config.init.get("arch", "") or "")
+    if arch:
+        options["arch"] = arch
+    return models.load_pretrained(model, path, **options)
 
 
 def trainable_while_frozen(config, model: keras.Model) -> list[bool]:

@@ -25,7 +25,7 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from tfsd import config_lib, distribute
+from tfsd import config_lib, distribute, models
 from tfsd import data as data_lib
 from tfsd.training import task as task_lib
 
@@ -138,6 +138,8 @@ def restore_latest(manager: tf.train.CheckpointManager, checkpoint) -> int | Non
         return None
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
+        if isinstance(getattr(checkpoint, "model", None), keras.Model):
+            models.refresh_normalization(checkpoint.model)  # the restored statistics in use
     except Exception as e:  # noqa: BLE001  (TF raises OpError, IndexError, ValueError, ...)
         raise CheckpointError(
             f"Cannot resume from {path}: it is corrupt or belongs to a different model "
@@ -266,6 +268,9 @@ def restore_run(
     if use_ema:
         for shadow, variable in zip(ema.shadows, ema.sources):
             variable.assign(shadow.value)
+    # Restore and the EMA assign changed the Normalization variables, not the constants its
+    # call() uses: without this a fine-tuned import would serve the freshly built statistics.
+    models.refresh_normalization(model)
     logging.info("Restored %s (%s weights).", checkpoint, "EMA" if use_ema else "raw")
     return model, config, info, checkpoint
 

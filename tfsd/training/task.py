@@ -31,7 +31,14 @@ class EMA:
     scope (mirrored) and updated in cross-replica context, so every replica holds the same copy.
     """
 
+    def update(self, step: tf.Tensor) -> None:
+        step = tf.cast(step, tf.float32)
+        decay = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
+        for s, v in zip(self.shadows, self.sources):
+            s.assign(decay * s.value + (1.0 - decay) * tf.cast(v.value, s.dtype))
+
     def __init__(self, model: keras.Model, decay: float):
+        self.model = model
         self.decay = decay
         self.sources = [
             v for v in model.weights if v.dtype.startswith("float") and not _is_sd_state(v)
@@ -42,18 +49,13 @@ class EMA:
             for v in self.sources
         ]
 
-    def update(self, step: tf.Tensor) -> None:
-        step = tf.cast(step, tf.float32)
-        decay = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-        for s, v in zip(self.shadows, self.sources):
-            s.assign(decay * s.value + (1.0 - decay) * tf.cast(v.value, s.dtype))
-
     def swap(self) -> None:
         """Exchanges model weights and EMA weights (call twice to restore)."""
         for s, v in zip(self.shadows, self.sources):
             tmp = v.numpy()  # a host copy: an eager read may alias the buffer assign() reuses
             v.assign(s.numpy())
             s.assign(tmp)
+        models.refresh_normalization(self.model)  # Normalization statistics are EMA sources too
 
 
 @dataclasses.dataclass
