@@ -1,57 +1,49 @@
 """One of N exporters racing to publish into one export base (tests/test_gcs_publish.py).
 
-``python -m tests.export_race_child BASE SEED BARRIER N``: exports a ``test_resnet`` with weights
-from ``SEED`` through `tfsd.serving.saved_model.export_saved_model`. After its export is written
-and verified, the exporter announces itself in ``BARRIER`` and waits until all ``N`` have, so the
-N publications start together (the race a real deployment has when several pipelines export at
-once). Prints one ``RESULT {json}`` line: the published directory and the logits its model gives
-on a fixed batch, to check that the version holds this exporter's model.
+``python -m tests.export_race_child BASE SAVED_MODEL BARRIER N``: stages the finished SavedModel
+``SAVED_MODEL`` as an export's temporary directory in ``BASE`` (what
+`tfsd.serving.saved_model.export_saved_model` has written and verified when it publishes), tells
+``BARRIER`` it is ready, waits until all ``N`` exporters are, then publishes it with
+`publish.publish_version` and writes ``models.config``, as ``export_saved_model`` does. The N
+publications start together: the race several pipelines exporting at once have. Prints one
+``RESULT {json}`` line with the published directory.
 """
 
 import json
 import os
 import sys
 import time
+import uuid
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from tests.helpers import randomize_batchnorm
-from tfsd import models
-from tfsd.serving import saved_model
+from tfsd.serving import publish
 
-WAIT_S = 180.0
+WAIT_S = 120.0
 
 
-def images() -> np.ndarray:
-    return np.asarray(tf.random.stateless_uniform([4, 16, 16, 3], seed=[1, 2], maxval=255.0))
-
-
-def main(base: str, seed: int, barrier: str, n: int) -> None:
-    keras.utils.set_random_seed(seed)
-    model = models.create_model("test_resnet", num_classes=10, survival_prob=0.5)
-    randomize_batchnorm(model, seed=seed)
-    real_verify = saved_model.verify_export
-
-    def verify_then_wait(*args, **kwargs):
-        result = real_verify(*args, **kwargs)
-        open(os.path.join(barrier, f"ready-{seed}"), "w").close()
-        deadline = time.monotonic() + WAIT_S
-        while len(os.listdir(barrier)) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {os.listdir(barrier)} of {n} exporters got ready")
-            time.sleep(0.01)
-        return result
-
-    saved_model.verify_export = verify_then_wait
-    sample = images()
-    final_dir = saved_model.export_saved_model(
-        model, base, preprocess="none", sample_images=np.concatenate([sample, sample])
-    )
-    logits = np.asarray(model(sample, training=False)).tolist()
-    print("RESULT " + json.dumps({"dir": final_dir, "logits": logits}), flush=True)
+def main(base: str, saved_model: str, barrier: str, n: int) -> None:
+    tmp_dir = os.path.join(base, f"{publish.TMP_PREFIX}{uuid.uuid4().hex}")
+    for dirpath, _, filenames in tf.io.gfile.walk(saved_model):
+        for name in filenames:
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(tmp_dir, os.path.relpath(src, saved_model))
+            tf.io.gfile.makedirs(os.path.dirname(dst))
+            tf.io.gfile.copy(src, dst)
+    open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
+    deadline = time.monotonic() + WAIT_S
+    while len(os.listdir(barrier)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {os.listdir(barrier)} of {n} exporters got ready")
+        time.sleep(0.005)
+    try:
+        final_dir = publish.publish_version(tmp_dir, base, None)
+    finally:
+        if tf.io.gfile.exists(tmp_dir):
+            tf.io.gfile.rmtree(tmp_dir)
+    publish.write_models_config(base, os.path.basename(base))
+    print("RESULT " + json.dumps({"dir": final_dir}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
