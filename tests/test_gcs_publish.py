@@ -81,16 +81,13 @@ def _seed(version_dir: str) -> int:
     return int(tf.saved_model.load(version_dir).signatures["serving_default"]()["seed"])
 
 
-@pytest.mark.parametrize("where", ["gcs", "local"])
-def test_concurrent_exporters_publish_distinct_complete_versions(
-    gcs, tmp_path, saved_models, where
-):
-    """Caught on gs://: exporters racing for one number deleted each other's version (the loser's
-    cleanup removed the whole directory) or all reported one version; locally the 4th exporter
-    failed after 3 lost renames."""
-    base = gcs.url("race", "model") if where == "gcs" else str(tmp_path / "model")
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
+def test_concurrent_exporters_publish_distinct_complete_versions(gcs, tmp_path, saved_models):
+    """Caught on gs://: 4 exporters racing for one number all reported version 1 (each copy
+    landed on the others'; the loser's cleanup could delete the whole directory); locally the
+    models.config rename raised AlreadyExistsError after the version was live (and a 4th
+    exporter fails after 3 lost renames). Each process publishes to the gs:// base, then to the
+    local one, each time together with the others."""
+    bases = [gcs.url("race", "model"), str(tmp_path / "model")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     procs = [
         subprocess.Popen(
@@ -98,10 +95,10 @@ def test_concurrent_exporters_publish_distinct_complete_versions(
                 sys.executable,
                 "-m",
                 "tests.export_race_child",
-                base,
                 path,
-                str(barrier),
+                str(tmp_path / "barrier"),
                 str(EXPORTERS),
+                *bases,
             ],
             cwd=REPO,
             env=env,
@@ -122,16 +119,18 @@ def test_concurrent_exporters_publish_distinct_complete_versions(
                 proc.communicate(timeout=30)
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:]
-    published = [json.loads(out.split("RESULT ", 1)[1])["dir"] for out in outputs]
-    assert sorted(published) == [os.path.join(base, str(v)) for v in range(1, EXPORTERS + 1)]
-    assert publish_lib.existing_versions(base) == list(range(1, EXPORTERS + 1))
-    # Each version is complete and holds its own exporter's model (nothing deleted or mixed).
-    assert [_seed(d) for d in published] == list(range(EXPORTERS))
-    names = tf.io.gfile.listdir(base)
-    assert not [n for n in names if n.startswith(publish_lib.TMP_PREFIX)]  # no temporary left
-    assert not [n for n in names if n.endswith(".tmp")]
-    config = tf.io.gfile.GFile(os.path.join(base, publish_lib.MODELS_CONFIG)).read()
-    assert 'name: "model"' in config
+    results = [json.loads(out.split("RESULT ", 1)[1])["dirs"] for out in outputs]
+    for i, base in enumerate(bases):
+        published = [r[i] for r in results]  # exporter k's version of this base
+        assert sorted(published) == [os.path.join(base, str(v)) for v in range(1, EXPORTERS + 1)]
+        assert publish_lib.existing_versions(base) == list(range(1, EXPORTERS + 1))
+        # Each version is complete and holds its own exporter's model (nothing deleted or mixed).
+        assert [_seed(d) for d in published] == list(range(EXPORTERS))
+        names = tf.io.gfile.listdir(base)
+        assert not [n for n in names if n.startswith(publish_lib.TMP_PREFIX)]  # no temporary
+        assert not [n for n in names if n.endswith(".tmp")]
+        config = tf.io.gfile.GFile(os.path.join(base, publish_lib.MODELS_CONFIG)).read()
+        assert 'name: "model"' in config
 
 
 def _stage(saved_model: str, base: str) -> str:
