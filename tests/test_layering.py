@@ -28,7 +28,7 @@ PACKAGE = REPO / "tfsd"
 COMMANDS = {f"tfsd.{name}" for name in ("train", "export", "tflite", "evaluate", "predict",
                                         "plot", "demo")}  # fmt: skip
 # Third-party modules a function may import on first use (optional and slow to import).
-LAZY_ALLOWED = ("matplotlib",)
+LAZY_ALLOWED = ("matplotlib", "google.cloud", "google.api_core")
 MAX_LINES = 500  # "about 500 lines": small modules, one concept each
 
 

@@ -1,4 +1,4 @@
-"""tfsd.serving.publish: version numbers, atomic publication, models.config, the gs:// path.
+"""tfsd.serving.publish: version numbers, atomic publication, models.config (local disk).
 
 Each test exports the registered tiny ``test_resnet`` through `export_saved_model` (the caller of
 publish) and compares the export base's files, byte for byte, before and after a failure. A base
@@ -20,7 +20,6 @@ from tests.helpers import randomize_batchnorm
 from tfsd import models
 from tfsd.serving import publish as publish_lib
 from tfsd.serving import saved_model as saved_model_lib
-from tfsd.serving import warmup as warmup_lib
 
 SIZE = 16  # test_resnet's registered input size
 
@@ -98,38 +97,10 @@ def test_failure_before_rename_leaves_base_exactly_as_it_was(
     assert _snapshot(base) == before  # no new entry, no temporary left, version 1 byte-identical
 
 
-def test_object_store_publish_copies_the_graph_last_and_cleans_up_a_failed_copy(
-    tmp_path, monkeypatch
-):
-    """The gs:// path (rename is a copy), run on the local file system."""
-    model = _model()
-    base = tmp_path / "bucket"
-    monkeypatch.setattr(publish_lib, "is_local", lambda path: False)
-    copied = []
-    real_copy = tf.io.gfile.copy
-
-    def recording_copy(src, dst, overwrite=False):
-        copied.append(os.path.relpath(dst, base))
-        return real_copy(src, dst, overwrite)
-
-    monkeypatch.setattr(tf.io.gfile, "copy", recording_copy)
-    kw = _kwargs()
-    path = saved_model_lib.export_saved_model(model, str(base), **kw)
-    assert copied[-1] == os.path.join("1", "saved_model.pb")
-    assert os.path.join("1", warmup_lib.WARMUP_FILE) in copied
-    assert any(c.startswith(os.path.join("1", "variables")) for c in copied)
-    assert saved_model_lib.verify_export(path)  # the copy is a complete, loadable SavedModel
-    before = _snapshot(base)
-
-    def failing_copy(src, dst, overwrite=False):
-        if "variables" in dst:
-            raise tf.errors.UnavailableError(None, None, "injected network failure")
-        return real_copy(src, dst, overwrite)
-
-    monkeypatch.setattr(tf.io.gfile, "copy", failing_copy)
-    with pytest.raises(tf.errors.UnavailableError):
-        saved_model_lib.export_saved_model(model, str(base), **kw)
-    assert _snapshot(base) == before  # no partial version 2, no temporary directory
+def test_unsupported_scheme_is_refused_before_any_work():
+    """gs:// publication: tests/test_gcs_publish.py (against a GCS emulator)."""
+    with pytest.raises(publish_lib.ExportError, match="atomic create-if-absent"):
+        publish_lib.choose_version("s3://bucket/model", None)
 
 
 def test_a_version_published_meanwhile_is_never_overwritten(tiny_export, tmp_path, monkeypatch):

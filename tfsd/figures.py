@@ -12,7 +12,10 @@ number of draws.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import tensorflow as tf
 
 
 def new_figure(width: float = 6.0, height: float = 4.0):
@@ -24,6 +27,15 @@ def new_figure(width: float = 6.0, height: float = 4.0):
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_png(fig, path: str, dpi: int = 100) -> None:
+    """Writes the figure as a PNG to ``path``, local or ``gs://`` (matplotlib opens local files
+    only; the bytes go through ``tf.io.gfile``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
 
 
 def to_image(fig, dpi: int = 80) -> np.ndarray:

@@ -1,16 +1,33 @@
-"""Versions of an export base and their atomic publish; TF Serving's ``models.config``.
+"""Versions of an export base and their publication; TF Serving's ``models.config``.
 
 TF Serving loads integer-named version directories of a model's base path. An export is written
-to a hidden, non-numeric directory beside the versions, verified, and only then moved to the next
-free integer: a rename on a local disk (atomic), a copy with ``saved_model.pb`` last on object
-stores (tensorflow/tensorflow#20635, tensorflow/serving#631). See ``docs/serving.md``.
+to a hidden, non-numeric directory beside the versions, verified, and only then published as the
+next free integer ``N``. Any number of exporters may publish to one base at once; none ever
+replaces, deletes or half-overwrites a version it did not write:
+
+- **Local disk**: one rename(2) of the directory, atomic; a number taken meanwhile is a
+  non-empty directory, which rename refuses, and the exporter moves on to ``N + 1``.
+- **gs://** (a rename is a copy, object by object; tensorflow/tensorflow#20635,
+  tensorflow/serving#631): first *claim* ``N`` by creating the object
+  ``<base>/.tfsd-claims/<N>`` with GCS's create-if-absent precondition (``if_generation_match=0``
+  through google-cloud-storage); a lost claim moves on to ``N + 1``. Only the claim's owner then
+  copies into ``<base>/<N>/``, ``saved_model.pb`` last, so TF Serving never loads a version
+  without its variables; a failed copy removes exactly the objects it wrote and keeps the claim
+  (the number is skipped, never reused). Claims are non-numeric, so TF Serving ignores them.
+- ``models.config`` is created if absent in one atomic step (link(2) locally, the same
+  precondition on gs://) and never replaced. Other schemes are refused before any work.
+
+See ``docs/serving.md``.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import socket
+import time
 import uuid
 
 import tensorflow as tf
@@ -20,6 +37,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 MODELS_CONFIG = "models.config"
 TMP_PREFIX = ".tfsd-export-tmp-"
+CLAIMS_DIR = ".tfsd-claims"  # gs:// version claims (module docstring)
+MAX_ATTEMPTS = 64  # numbers one export tries before giving up (one per concurrent winner)
 
 
 class ExportError(RuntimeError):
@@ -30,6 +49,23 @@ class VersionTakenError(ExportError):
     """The version directory appeared while exporting; nothing was overwritten."""
 
 
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+def _check_supported(export_base: str) -> None:
+    if not (is_local(export_base) or is_gcs(export_base)):
+        raise ExportError(
+            f"Cannot publish to {export_base}: publishing needs an atomic create-if-absent, which "
+            "tfsd implements for local paths (rename) and gs:// (a generation precondition). "
+            "Export locally and copy the version directory with your store's tools."
+        )
+
+
 def existing_versions(export_base: str) -> list[int]:
     """The integer version directories under ``export_base`` (what TF Serving would load)."""
     if not tf.io.gfile.isdir(export_base):
@@ -38,8 +74,19 @@ def existing_versions(export_base: str) -> list[int]:
     return sorted(int(n) for n in names if re.fullmatch(r"[0-9]+", n))
 
 
+def claimed_versions(export_base: str) -> list[int]:
+    """Versions claimed on gs:// (``<base>/.tfsd-claims/<N>``; see the module docstring)."""
+    claims = os.path.join(export_base, CLAIMS_DIR)
+    if is_local(export_base) or not tf.io.gfile.isdir(claims):
+        return []
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(claims)]
+    return sorted(int(n) for n in names if re.fullmatch(r"[0-9]+", n))
+
+
 def choose_version(export_base: str, version: int | None) -> int:
-    taken = existing_versions(export_base)
+    """``version`` if it is free, else raises; None: one past every version and claim."""
+    _check_supported(export_base)
+    taken = set(existing_versions(export_base)) | set(claimed_versions(export_base))
     if version is None:
         return (max(taken) + 1) if taken else 1
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -52,31 +99,83 @@ def choose_version(export_base: str, version: int | None) -> int:
     return version
 
 
-def is_local(path: str) -> bool:
-    return "://" not in path
+def _gcs_blob(path: str):
+    """The google-cloud-storage ``Blob`` of ``gs://bucket/name`` (honours STORAGE_EMULATOR_HOST)."""
+    # Lazy: google-cloud-storage is needed only for gs:// bases and costs ~0.5 s to import.
+    from google.cloud import storage
+
+    bucket, _, name = path[len("gs://") :].partition("/")
+    return storage.Client().bucket(bucket).blob(name)
+
+
+def _gcs_create(path: str, data: bytes) -> bool:
+    """Creates the object ``path`` only if no object has that name; False if one does.
+
+    ``if_generation_match=0`` is GCS's create-if-absent precondition: the server compares and
+    writes in one step, so of any number of concurrent creators exactly one gets True
+    (https://cloud.google.com/storage/docs/request-preconditions; tested against fake-gcs-server
+    in tests/test_gcs_publish.py).
+    """
+    # Lazy, as in _gcs_blob.
+    from google.api_core import exceptions
+
+    try:
+        _gcs_blob(path).upload_from_string(data, if_generation_match=0)
+    except exceptions.PreconditionFailed:
+        return False
+    return True
+
+
+def _claim(export_base: str, version: int) -> bool:
+    """Claims ``version`` on gs:// for this process; False if another exporter holds it."""
+    claim = os.path.join(export_base, CLAIMS_DIR, str(version))
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    if not _gcs_create(claim, json.dumps(owner).encode()):
+        return False
+    # A version directory made outside the protocol (by hand, by tfsd before claims existed):
+    # the claim keeps the number from being tried again, and this exporter moves on.
+    return not tf.io.gfile.exists(os.path.join(export_base, str(version)))
 
 
 def _copy_tree_graph_last(src: str, dst: str) -> None:
-    """Copies a SavedModel directory file by file, ``saved_model.pb`` last (object stores)."""
+    """Copies a SavedModel directory file by file, ``saved_model.pb`` last (object stores).
+
+    On failure, removes exactly the files this call wrote (never ``dst`` as a whole: on an object
+    store a directory is only a name prefix, and other objects under it are not ours).
+    """
     files = []
     for dirpath, _, filenames in tf.io.gfile.walk(src):
         for name in filenames:
             files.append(os.path.join(dirpath, name))
     files.sort(key=lambda p: os.path.basename(p) == "saved_model.pb")
-    for path in files:
-        target = os.path.join(dst, os.path.relpath(path, src))
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(path, target, overwrite=False)
+    written = []
+    try:
+        for path in files:
+            target = os.path.join(dst, os.path.relpath(path, src))
+            tf.io.gfile.copy(path, target, overwrite=False)
+            written.append(target)
+    except BaseException:
+        # A partial copy has no saved_model.pb (it goes last), so no server loads it.
+        for target in reversed(written):
+            try:
+                tf.io.gfile.remove(target)
+            except tf.errors.OpError as e:
+                logging.warning("Could not remove %s after a failed copy: %s", target, e)
+        raise
 
 
 def publish_dir(tmp_dir: str, final_dir: str) -> None:
-    """Moves a verified export into place; never replaces an existing directory."""
-    if tf.io.gfile.exists(final_dir):
-        raise VersionTakenError(f"{final_dir} appeared while exporting; nothing was overwritten.")
+    """Moves a verified export to ``final_dir``; raises `VersionTakenError` if another has it.
+
+    Local: one rename(2), atomic. gs://: claim the number (`_claim`), then copy with
+    ``saved_model.pb`` last. Never replaces or deletes anything it did not write.
+    """
     if is_local(final_dir):
         # rename(2) within one directory is atomic: TF Serving sees no version or all of it. A
         # version another export published meanwhile is a non-empty directory, which rename
         # refuses (ENOTEMPTY/EEXIST) rather than replace.
+        if os.path.exists(final_dir):
+            raise VersionTakenError(f"{final_dir} exists; nothing was overwritten.")
         try:
             os.rename(tmp_dir, final_dir)
         except OSError as e:
@@ -84,14 +183,34 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
                 raise VersionTakenError(f"{final_dir} appeared while exporting.") from e
             raise
         return
-    try:
-        _copy_tree_graph_last(tmp_dir, final_dir)
-    except BaseException:
-        # A partial copy has no saved_model.pb (it goes last), so no server loads it; remove it.
-        if tf.io.gfile.exists(final_dir):
-            tf.io.gfile.rmtree(final_dir)
-        raise
+    _check_supported(final_dir)
+    base, version = os.path.split(final_dir)
+    if not _claim(base, int(version)):
+        raise VersionTakenError(f"{final_dir} is claimed by another export; nothing was written.")
+    # The claim stays after a failed copy: that number is never tried again (a gap in the
+    # versions), so no exporter ever writes into a directory another one half-wrote.
+    _copy_tree_graph_last(tmp_dir, final_dir)
     tf.io.gfile.rmtree(tmp_dir)
+
+
+def publish_version(tmp_dir: str, export_base: str, version: int | None) -> str:
+    """Publishes ``tmp_dir`` as ``version`` or, if None, the next version nobody else holds.
+
+    A lost race (another exporter renamed or claimed the number first) moves on to the next
+    number, at most `MAX_ATTEMPTS` times; a given ``version`` that is taken raises.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        final_dir = os.path.join(export_base, str(choose_version(export_base, version)))
+        try:
+            publish_dir(tmp_dir, final_dir)
+            return final_dir
+        except VersionTakenError:
+            if version is not None:
+                raise
+            logging.info("%s was taken by another export; trying the next number.", final_dir)
+    raise ExportError(
+        f"No free version in {export_base} after {MAX_ATTEMPTS} tries: as many exports raced."
+    )
 
 
 def write_models_config(
@@ -115,19 +234,32 @@ def write_models_config(
     tf.io.gfile.makedirs(export_base)
     path = os.path.join(export_base, MODELS_CONFIG)
     text = text_format.MessageToString(config)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            existing = f.read()
-        if existing != text:
-            # An operator may have edited it (version policy, labels): never overwrite silently.
-            logging.warning(
-                "%s exists and differs from the config for model %r; left as it is.",
-                path,
-                model_name,
-            )
+    if _create_if_absent(path, text.encode()):
         return path
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=False)
+    with tf.io.gfile.GFile(path) as f:
+        existing = f.read()
+    if existing != text:
+        # An operator may have edited it (version policy, labels): never overwrite silently.
+        logging.warning(
+            "%s exists and differs from the config for model %r; left as it is.", path, model_name
+        )
     return path
+
+
+def _create_if_absent(path: str, data: bytes) -> bool:
+    """Writes ``path`` only if it does not exist, atomically; False if it does."""
+    if not is_local(path):
+        _check_supported(path)
+        return _gcs_create(path, data)
+    # Write a private file, then link(2) it to the name: link never replaces an existing file
+    # (EEXIST), so concurrent writers cannot race; rename would replace one.
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+    return True

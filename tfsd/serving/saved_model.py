@@ -23,7 +23,7 @@ from absl import logging
 from tfsd import data as data_lib
 from tfsd import models
 from tfsd.serving import publish, signatures, warmup
-from tfsd.serving.publish import ExportError, VersionTakenError
+from tfsd.serving.publish import ExportError
 from tfsd.serving.signatures import SIGNATURES
 from tfsd.training import run_dir
 
@@ -198,16 +198,9 @@ def export_saved_model(
         )
         errors = verify_export(tmp_dir, servable)
         logging.info("Verified %s: relative errors %s", tmp_dir, errors)
-        for attempt in range(3):
-            final_dir = os.path.join(export_base, str(publish.choose_version(export_base, version)))
-            try:
-                publish.publish_dir(tmp_dir, final_dir)
-                break
-            except VersionTakenError:
-                # Another export published this number since it was chosen: take the next one
-                # (only when the version was not given; a given one raised above).
-                if version is not None or attempt == 2:
-                    raise
+        # Claims a number (gs://) or renames (local); a number lost to a concurrent export
+        # moves on to the next one (only when the version was not given).
+        final_dir = publish.publish_version(tmp_dir, export_base, version)
     finally:
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)

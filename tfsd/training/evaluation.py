@@ -99,7 +99,7 @@ def plot_confusion_matrix(
                     ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if dark else "black")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    figures.save_png(fig, path)
 
 
 def evaluate_run(

@@ -124,11 +124,11 @@ def run_keep_rates(train: dict, names: list[str]) -> tuple[np.ndarray, int] | No
 
 
 def _write(drawn: dict, output_dir: str, names: dict | None = None) -> dict:
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     out = {}
     for key, fig in drawn.items():
         path = os.path.join(output_dir, f"{(names or {}).get(key, key)}.png")
-        fig.savefig(path, dpi=100)
+        figures.save_png(fig, path)
         out[key] = path, fig
     return out
 
