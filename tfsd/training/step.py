@@ -164,7 +164,7 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
     return train_loop
 
 
-def eval_batch(model: keras.Model, images, labels, num_classes: int):
+def eval_batch(model: keras.Model, images, labels, num_classes: int, weights=None):
     """One eval batch: ``(sums, predictions)``, the computation every evaluation runs.
 
     The training loop's eval (`make_eval_fn`) and ``tfsd.evaluate``
@@ -172,6 +172,7 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
     holds ``loss`` (summed plain cross-entropy: no label smoothing, the test loss), ``top1``
     (argmax equals the label, as the confusion matrix counts), ``top5`` and ``examples``;
     ``predictions`` are the argmax classes (int32). One-hot labels are reduced to their argmax.
+    ``weights``: optional 0/1 per example (`pad_eval_batches`); padding (0) counts nowhere.
     """
     logits = tf.cast(model(images, training=False), tf.float32)
     if labels.shape.rank == 2:
@@ -180,11 +181,17 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     in_top_k = tf.math.in_top_k(labels, logits, min(5, num_classes))
+    top1 = tf.cast(tf.equal(predictions, labels), tf.float32)
+    top5 = tf.cast(in_top_k, tf.float32)
+    if weights is None:
+        weights = tf.ones_like(loss)
+    real = weights > 0
     sums = {
-        "loss": tf.reduce_sum(loss),
-        "top1": tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-        "top5": tf.reduce_sum(tf.cast(in_top_k, tf.float32)),
-        "examples": tf.cast(tf.shape(logits)[0], tf.float32),
+        # tf.where, not a product: a padded example's loss never reaches the sum, whatever it is.
+        "loss": tf.reduce_sum(tf.where(real, loss, 0.0)),
+        "top1": tf.reduce_sum(tf.where(real, top1, 0.0)),
+        "top5": tf.reduce_sum(tf.where(real, top5, 0.0)),
+        "examples": tf.reduce_sum(tf.cast(real, tf.float32)),
     }
     return sums, predictions
 
@@ -192,62 +199,93 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
 def make_eval_fn(task: Task):
     """``eval_step(batch)``: one distributed eval step (a ``tf.function``) returning sums.
 
+    ``batch`` is ``(images, labels)`` or ``(images, labels, weights)`` (`pad_eval_batches`).
     ``eval_step.loop(iterator, n)`` runs ``n`` steps in one ``tf.function`` (TPU needs the
     loop on device; multi-worker runs need every worker to run the same number of steps).
     """
     strategy, model = task.strategy, task.model
 
-    def replica_eval(images, labels):
-        return eval_batch(model, images, labels, task.num_classes)[0]
+    def replica_eval(images, labels, weights=None):
+        return _eval_sums(eval_batch(model, images, labels, task.num_classes, weights)[0])
+
+    def _eval_sums(sums):
+        # One vector, one all-reduce (not one per metric).
+        return tf.stack([sums[k] for k in EVAL_SUMS])
+
+    def _unpack(vector):
+        return {k: vector[i] for i, k in enumerate(EVAL_SUMS)}
 
     @tf.function
     def eval_step(batch):
         out = strategy.run(replica_eval, args=batch)
-        return {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+        return _unpack(strategy.reduce("SUM", out, axis=None))
 
     @tf.function
     def eval_loop(iterator, n):
-        totals = {k: tf.constant(0.0) for k in ("loss", "top1", "top5", "examples")}
+        totals = tf.zeros([len(EVAL_SUMS)])
         for _ in tf.range(n):
             out = strategy.run(replica_eval, args=next(iterator))
-            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
-            totals = {k: totals[k] + out[k] for k in totals}
-        return totals
+            totals += strategy.reduce("SUM", out, axis=None)
+        return _unpack(totals)
 
     eval_step.loop = eval_loop
     return eval_step
 
 
-def fixed_eval_steps(task: Task, num_eval_examples: int) -> int:
-    """Eval steps that every worker can run with full batches (0: iterate the split instead).
+EVAL_SUMS = ("loss", "top1", "top5", "examples")
 
-    Multi-worker and TPU runs evaluate ``floor(N / P) // (B / P)`` full global batches (P input
-    pipelines, B the global batch): the same count on every worker, static shapes. Fewer than B
-    examples are left out; the logged ``examples`` says how many were used.
+
+def eval_batches_per_pipeline(task: Task, num_eval_examples: int) -> tuple[int, int]:
+    """``(steps, batches)``: global eval steps covering the split, and per-replica batches per
+    input pipeline, the same on every worker.
+
+    ``steps = ceil(ceil(N / P) / (B / P))`` for N examples, P input pipelines (one per worker;
+    ``tfds.even_splits`` gives each at most ``ceil(N / P)``) and global batch B; capped by
+    ``config.eval_steps``. Every pipeline yields ``steps * B / P / b`` batches of the per-replica
+    batch b, real examples first, then zero-weight padding (`pad_eval_batches`).
     """
-    strategy = task.strategy
-    if not (
-        distribute.is_multi_worker(strategy) or isinstance(strategy, tf.distribute.TPUStrategy)
-    ):
-        return 0
-    # One input pipeline per worker (TPUStrategy: per host).
+    strategy, batch = task.strategy, task.config.batch_size
     pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
-    steps = (num_eval_examples // pipelines) // (task.config.batch_size // pipelines)
+    per_pipeline = -(-num_eval_examples // pipelines)
+    steps = max(1, -(-per_pipeline // (batch // pipelines)))
     if task.config.eval_steps:
         steps = min(steps, task.config.eval_steps)
-    if steps < 1:
-        raise ValueError(
-            f"The eval split ({num_eval_examples} examples) holds no full global batch of "
-            f"{task.config.batch_size}: lower batch_size or use more eval data."
-        )
-    return steps
+    replicas_per_pipeline = strategy.num_replicas_in_sync // pipelines
+    return steps, steps * replicas_per_pipeline
+
+
+def pad_eval_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int) -> tf.data.Dataset:
+    """``(images, labels)`` batches → exactly ``num_batches`` full ``(images, labels, weights)``.
+
+    The last partial batch is padded with zero examples of weight 0, then whole zero-weight
+    batches follow, so that no replica ever sees an empty or short batch (TF 2.21's CPU conv
+    returns a wrong shape for a batch of 0: ``Incompatible shapes: [4] vs. [0,16,16,3]``) and
+    every shape is static (XLA, TPU). `eval_batch` counts weight-0 examples nowhere.
+    """
+
+    def weigh(images, labels):
+        n = tf.shape(images)[0]
+        pad = batch_size - n
+
+        def padded(x):
+            x = tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1))
+            return tf.ensure_shape(x, [batch_size, *x.shape[1:]])
+
+        weights = tf.concat([tf.ones([n]), tf.zeros([pad])], axis=0)
+        return padded(images), padded(labels), tf.ensure_shape(weights, [batch_size])
+
+    ds = ds.map(weigh)
+    filler = tf.data.Dataset.from_tensors(
+        tuple(tf.zeros(s.shape, s.dtype) for s in ds.element_spec)
+    ).repeat()
+    return ds.concatenate(filler).take(num_batches)
 
 
 def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0, fixed_steps: int = 0):
     """Top-1 / top-5 / loss over the eval split, with the EMA weights when there are any.
 
-    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (see
-    `fixed_eval_steps`); otherwise iterates the split (up to ``max_steps`` batches).
+    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (the training loop:
+    see `eval_batches_per_pipeline`); otherwise iterates the split (up to ``max_steps`` batches).
     """
     if task.ema is not None:
         task.ema.swap()

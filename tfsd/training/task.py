@@ -165,14 +165,15 @@ def build_task(config, data_dir: str | None, strategy=None) -> Task:
         )
     with strategy.scope():
         model = build_model(config, num_classes, num_replicas=replicas)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         optimizer = optim.make_optimizer(
             config,
             optim.make_lr_schedule(config, steps_per_epoch, schedule_steps),
             model.trainable_variables,
+            step=step,  # the schedule follows the training step (float16 skips: optim.AtStep)
         )
         optimizer.build(model.trainable_variables)
         ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     return Task(
         config, strategy, model, optimizer, ema, step, num_classes, steps_per_epoch, total_steps,
         sd_layers.stochastic_depth_layers(model),
