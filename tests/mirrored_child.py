@@ -5,6 +5,7 @@ of earlier MirroredStrategy tests in one process can share instance keys with la
 one ``RESULT {json}`` line with every measurement; the test asserts on them.
 """
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -157,24 +158,33 @@ def eval_split_sizes():
     shapes: [4] vs. [0,16,16,3]"); 44: replica 1 gets 4 of 8; 48: exact. The 40 case runs the
     whole loop (train one step, save, final eval); all three then evaluate that checkpoint with
     the loop's eval (`loop.eval_dataset`) and with tfsd.evaluate's one-device pass
-    (`evaluation.evaluate_model`, plain batches, no padding), which must agree.
+    (`evaluation.evaluate_model`, plain batches, no padding), which must agree. The loop gets
+    this process's MirroredStrategy (a second one would reuse its collective instance keys).
     """
     out = {}
-    with tempfile.TemporaryDirectory() as model_dir:
-        c = tiny_config(total_steps=1, steps_per_loop=1, checkpoint_every_steps=1)
-        c.distribute.strategy = "mirrored"  # both logical CPUs
-        c.data.synthetic_eval_size = 40
-        final = loop.train_and_evaluate(c, model_dir)
-        out["loop_40"] = {k: final[k] for k in ("top1", "top5", "loss", "examples")}
-        model, _, _, _ = run_dir.restore_run(model_dir)
+    c = tiny_config(total_steps=1, steps_per_loop=1, checkpoint_every_steps=1)
+    c.distribute.strategy = "mirrored"
+    c.data.synthetic_eval_size = 40
+    get_strategy = loop.distribute.get_strategy
+    loop.distribute.get_strategy = lambda _: MIRRORED
+    try:
+        with tempfile.TemporaryDirectory() as model_dir:
+            final = loop.train_and_evaluate(c, model_dir)
+            model = run_dir.restore_run(model_dir)[0]
+    finally:
+        loop.distribute.get_strategy = get_strategy
+    out["loop_40"] = {k: final[k] for k in ("top1", "top5", "loss", "examples")}
+    task = task_lib.build_task(c, None, MIRRORED)
+    task.model.set_weights(model.get_weights())
+    eval_step = step_lib.make_eval_fn(task)
     for n in (40, 44, 48):
-        c.data.synthetic_eval_size = n
-        plain = data_lib.build_dataset(c.data, split="eval", global_batch_size=16, image_size=16)
+        cn = c.copy_and_resolve_references()
+        cn.data.synthetic_eval_size = n
+        plain = data_lib.build_dataset(cn.data, split="eval", global_batch_size=16, image_size=16)
         one = evaluation.evaluate_model(model, plain, 10)
-        task = task_lib.build_task(c, None, MIRRORED)
-        task.model.set_weights(model.get_weights())
-        eval_ds, steps = loop.eval_dataset(task)
-        two = step_lib.evaluate(task, eval_ds, step_lib.make_eval_fn(task), fixed_steps=steps)
+        sized = dataclasses.replace(task, config=cn)
+        eval_ds, steps = loop.eval_dataset(sized)
+        two = step_lib.evaluate(sized, eval_ds, eval_step, fixed_steps=steps)
         out[str(n)] = {
             "one": {k: float(one[k]) for k in ("top1", "top5", "loss", "examples")},
             "two": two,
@@ -203,6 +213,51 @@ def replica_dropout():
     return masks
 
 
+def collectives_per_step():
+    """Cross-replica reductions and updates that one traced call of the train loop makes.
+
+    Counted where MirroredStrategy routes them (``MirroredExtended._reduce_to`` for
+    ``strategy.reduce`` and sync-on-read reads, ``_batch_reduce_to`` for every replica-context
+    ``all_reduce``, ``_update`` for every cross-replica variable update;
+    ``tensorflow/python/distribute/mirrored_strategy.py``). The loop body is traced once, so
+    these are the per-step counts (plus the per-call stop check, local here).
+    """
+    c = tiny_config(ema_decay=0.9, **{"model.survival_prob": 0.5})
+    task, it = task_and_iterator(c, MIRRORED)
+    ext, counts = MIRRORED.extended, {"reduce": 0, "update": 0}
+
+    def counting(name, key):
+        original = getattr(ext, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        setattr(ext, name, wrapper)
+        return original
+
+    hooks = (("_reduce_to", "reduce"), ("_batch_reduce_to", "reduce"), ("_update", "update"))
+    originals = {name: counting(name, key) for name, key in hooks}
+    try:
+        out = step_lib.make_train_loop(task, tf.Variable(False))(it, tf.constant(2))
+    finally:
+        for name, original in originals.items():
+            setattr(ext, name, original)
+    shadows = [[float(np.sum(x.numpy())) for x in s.value.values] for s in task.ema.shadows]
+    return {
+        **counts,
+        "steps": float(out["steps"]),
+        "trainable": len(task.model.trainable_variables),
+        "sd_layers": len(task.sd_layers),
+        "ema_shadows": len(task.ema.shadows),
+        "ema_replicas_agree": all(a == b for a, b in shadows),
+        "ema_moved": any(
+            not np.array_equal(s.numpy(), v.numpy())
+            for s, v in zip(task.ema.shadows, task.ema.sources)
+        ),
+    }
+
+
 if __name__ == "__main__":
     checks = {
         "one_step": one_step_vs_one_device,
@@ -213,6 +268,7 @@ if __name__ == "__main__":
         "jit_efficientnet": lambda: jit_compiled("efficientnet"),
         "eval_sizes": eval_split_sizes,
         "dropout": replica_dropout,
+        "collectives": collectives_per_step,
     }
     result, seconds = {}, {}
     for key, check in checks.items():

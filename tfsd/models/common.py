@@ -320,4 +320,4 @@ class ReplicaDropout(keras.layers.Dropout):
             shape = [shape[i] if d is None else d for i, d in enumerate(self.noise_shape)]
         # As keras' TF backend casts its int64 seeds for the stateless ops (`_cast_seed`).
         seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
-        return tf.nn.experimental.stateless_dropout(inputs, self.rate, shape, seed=seed)
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed, noise_shape=shape)

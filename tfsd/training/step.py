@@ -43,13 +43,23 @@ def bn_moving_stats(model: keras.Model) -> list:
     ]
 
 
+# The per-step numbers every replica contributes to the one fused all-reduce of a step, in order;
+# the stochastic-depth keep rates (one per layer) follow them.
+STEP_SUMS = ("loss", "top1", "examples", "stop")
+
+
 def make_train_loop(task: Task, stop: tf.Variable | None = None):
     """A ``tf.function`` running up to ``n`` training steps per host call, returning sums.
 
-    ``stop``: a host boolean variable (set by the signal watcher); the loop reads it before every
-    step and ends early when it is set, on every worker at the same step (the flag is
-    all-reduced when the run spans several hosts). The returned dict holds ``steps`` (done) and
-    ``stopped``.
+    ``stop``: a host boolean variable (set by the signal watcher). Every worker reads its own
+    copy; the loop decides only on the all-reduced value (any worker's flag stops all of them,
+    at the same step): once before the first step of the call, then with every step. The
+    returned dict holds ``steps`` (done) and ``stopped``.
+
+    Collectives per step: the gradients (one batched all-reduce), the BatchNorm moving statistics
+    when unsynchronized over several replicas (one), and one vector holding the loss, top-1,
+    example count, stop flag and every stochastic-depth keep rate. EMA shadows are updated
+    inside the replica step with no communication (`task.EMA`).
     """
     config, strategy, model, opt = task.config, task.strategy, task.model, task.optimizer
     variables = model.trainable_variables
@@ -58,7 +68,10 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
     wd = 0.0 if config.optimizer.name == "adamw" else config.optimizer.weight_decay
     clip = config.optimizer.grad_clip_norm
     replicas = strategy.num_replicas_in_sync
-    float_weights = [v for v in model.weights if v.dtype.startswith("float")]
+    # (The stochastic-depth state is not checked: reading keep_rate here would be a reduction.)
+    float_weights = [
+        v for v in model.weights if v.dtype.startswith("float") and v.name != "sd_keep_rate"
+    ]
     stats = bn_moving_stats(model) if replicas > 1 else []
     multi_worker = distribute.is_multi_worker(strategy)
     # Frozen-backbone warm-up (init.freeze_steps): backbone gradients are zeroed, so SGD and
@@ -93,7 +106,7 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
         # stay outside (under MirroredStrategy they are merge_calls, which XLA cannot hold).
         gradients = tf.function(gradients, jit_compile=True)
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, stop_flag):
         grads, metrics = gradients(images, labels)
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -114,12 +127,20 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
             means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
             for v, m in zip(stats, means):
                 v.assign(m)
-        return metrics
+        if task.ema is not None:
+            task.ema.update(task.step + 1)  # the step just taken (task.step advances after)
+        # keep_rate is sync-on-read (tfsd/layers.py): read here, in the replica context, it is
+        # this replica's own kept fraction; the sum over replicas / replicas is the global one
+        # (replicas hold equal batch shares).
+        rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
+        local = tf.stack([metrics["loss"], metrics["top1"], metrics["examples"], stop_flag, *rates])
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)  # one collective for all of it
+
+    def local_flag():
+        return tf.constant(0.0) if stop is None else tf.cast(stop.read_value(), tf.float32)
 
     def stop_requested():
-        if stop is None:
-            return tf.constant(False)
-        flag = tf.cast(stop.read_value(), tf.int32)
+        flag = local_flag()
         if multi_worker:
             # Every worker must stop at the same step or the others hang in a collective.
             # (ReduceOp has SUM and MEAN only: any worker's flag makes the sum positive.)
@@ -128,38 +149,35 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
             )
         return flag > 0
 
+    n_sums = len(STEP_SUMS)
+
     @tf.function
     def train_loop(iterator, n):
-        totals = {"loss": 0.0, "top1": 0.0, "examples": 0.0, "active_blocks": 0.0}
-        totals = {k: tf.constant(v) for k, v in totals.items()}
-        totals["keep_rates"] = tf.zeros([len(task.sd_layers)])  # per block, summed over steps
-        steps, stopped = tf.constant(0.0), tf.constant(False)
+        totals = tf.zeros([n_sums + len(task.sd_layers)])
+        steps = tf.constant(0.0)
+        stopped = stop_requested()  # once per call: a signal that came between two calls
         for _ in tf.range(n):
-            if stop_requested():
-                stopped = tf.constant(True)
+            if stopped:
                 break
             images, labels = next(iterator)
-            out = strategy.run(replica_step, args=(images, labels))
-            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+            out = strategy.run(replica_step, args=(images, labels, local_flag()))
+            # All-reduced inside the step: every local replica holds the same vector.
+            out = strategy.experimental_local_results(out)[0]
             task.step.assign_add(1)
-            if task.ema is not None:
-                task.ema.update(task.step)
-            # keep_rate is sync-on-read with MEAN aggregation (tfsd/layers.py): read here, in the
-            # cross-replica context, it is the mean over replicas of each replica's kept
-            # fraction, i.e. the global fraction (replicas hold equal batch shares).
-            rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
-            out["keep_rates"] = tf.stack(rates) if rates else tf.zeros([0])
-            out["active_blocks"] = tf.reduce_sum(out["keep_rates"])
-            totals = {k: totals[k] + out[k] for k in totals}
+            totals += out
             steps += 1.0
-        totals["steps"] = steps
-        totals["stopped"] = tf.cast(stopped, tf.float32)
+            stopped = out[STEP_SUMS.index("stop")] > 0
+        sums = {k: totals[i] for i, k in enumerate(STEP_SUMS) if k != "stop"}
+        sums["keep_rates"] = totals[n_sums:] / replicas  # per block, summed over steps
+        sums["active_blocks"] = tf.reduce_sum(sums["keep_rates"])
+        sums["steps"] = steps
+        sums["stopped"] = tf.cast(stopped, tf.float32)
         # Weights too: BN statistics can overflow a step before the loss shows it.
-        totals["finite"] = tf.cast(
+        sums["finite"] = tf.cast(
             tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in float_weights]),
             tf.float32,
         )
-        return totals
+        return sums
 
     return train_loop
 
