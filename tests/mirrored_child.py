@@ -5,7 +5,9 @@ of earlier MirroredStrategy tests in one process can share instance keys with la
 one ``RESULT {json}`` line with every measurement; the test asserts on them.
 """
 
+import dataclasses
 import json
+import tempfile
 import time
 
 import tensorflow as tf
@@ -19,6 +21,8 @@ import numpy as np  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 from tfsd import config_names  # noqa: E402
 from tfsd import data as data_lib  # noqa: E402
+from tfsd.models import common  # noqa: E402
+from tfsd.training import evaluation, loop, run_dir  # noqa: E402
 from tfsd.training import step as step_lib  # noqa: E402
 from tfsd.training import task as task_lib  # noqa: E402
 
@@ -92,7 +96,7 @@ def sync_bn_statistics():
     }
 
 
-def per_replica_gates_and_bn_average(steps=8):
+def per_replica_gates_and_bn_average(steps=4):
     """Batch-mode gates without sync BN: replicas draw their own; BN stats agree after a step."""
     c = tiny_config(**{"model.survival_prob": 0.5})
     task, it = task_and_iterator(c, MIRRORED)
@@ -112,7 +116,7 @@ def per_replica_gates_and_bn_average(steps=8):
     return {"gate_pairs_that_differ": differ, "bn_replica_spread": spread, "sync": sync}
 
 
-def sync_bn_batch_mode_trains(steps=4):
+def sync_bn_batch_mode_trains(steps=2):
     """sync_bn with batch-mode gates: replicas in lockstep, branches masked, training runs."""
     c = tiny_config(**{"model.survival_prob": 0.5, "model.sync_bn": "on"})
     task, it = task_and_iterator(c, MIRRORED)
@@ -143,8 +147,115 @@ def jit_compiled(name):
         c = tiny_config()
     c.jit_compile = True
     task, it = task_and_iterator(c, MIRRORED)
-    out = step_lib.make_train_loop(task)(it, tf.constant(2))
+    out = step_lib.make_train_loop(task)(it, tf.constant(1))
     return {"loss": float(out["loss"]), "steps": float(out["steps"])}
+
+
+def eval_split_sizes():
+    """Eval with 2 replicas and global batch 16 on 40 / 44 / 48 examples == one-device eval.
+
+    40: the last step gives replica 1 no example (the old loop died there: "Incompatible
+    shapes: [4] vs. [0,16,16,3]"); 44: replica 1 gets 4 of 8; 48: exact. The 40 case runs the
+    whole loop (train one step, save, final eval); all three then evaluate that checkpoint with
+    the loop's eval (`loop.eval_dataset`) and with tfsd.evaluate's one-device pass
+    (`evaluation.evaluate_model`, plain batches, no padding), which must agree. The loop gets
+    this process's MirroredStrategy (a second one would reuse its collective instance keys).
+    """
+    out = {}
+    c = tiny_config(total_steps=1, steps_per_loop=1, checkpoint_every_steps=1)
+    c.distribute.strategy = "mirrored"
+    c.data.synthetic_eval_size = 40
+    get_strategy = loop.distribute.get_strategy
+    loop.distribute.get_strategy = lambda _: MIRRORED
+    try:
+        with tempfile.TemporaryDirectory() as model_dir:
+            final = loop.train_and_evaluate(c, model_dir)
+            model = run_dir.restore_run(model_dir)[0]
+    finally:
+        loop.distribute.get_strategy = get_strategy
+    out["loop_40"] = {k: final[k] for k in ("top1", "top5", "loss", "examples")}
+    task = task_lib.build_task(c, None, MIRRORED)
+    task.model.set_weights(model.get_weights())
+    eval_step = step_lib.make_eval_fn(task)
+    for n in (40, 44, 48):
+        cn = c.copy_and_resolve_references()
+        cn.data.synthetic_eval_size = n
+        plain = data_lib.build_dataset(cn.data, split="eval", global_batch_size=16, image_size=16)
+        one = evaluation.evaluate_model(model, plain, 10)
+        sized = dataclasses.replace(task, config=cn)
+        eval_ds, steps = loop.eval_dataset(sized)
+        two = step_lib.evaluate(sized, eval_ds, eval_step, fixed_steps=steps)
+        out[str(n)] = {
+            "one": {k: float(one[k]) for k in ("top1", "top5", "loss", "examples")},
+            "two": two,
+            "steps": steps,
+        }
+    return out
+
+
+def replica_dropout():
+    """tfsd's ReplicaDropout draws other masks on each replica; Keras' Dropout draws the same."""
+    x = np.ones((2, 64), "float32")  # one row per replica
+    ds = MIRRORED.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+    batch = next(iter(ds))
+    masks = {}
+    for name, cls in (("tfsd", common.ReplicaDropout), ("keras", keras.layers.Dropout)):
+        with MIRRORED.scope():
+            layer = cls(0.5, seed=7)
+
+        @tf.function
+        def run(b, layer=layer):
+            return MIRRORED.run(lambda v: layer(v, training=True), args=(b,))
+
+        got = [v.numpy() != 0 for v in MIRRORED.experimental_local_results(run(batch))]
+        masks[name] = {"same": bool(np.array_equal(got[0], got[1])),
+                       "kept": [float(m.mean()) for m in got]}  # fmt: skip
+    return masks
+
+
+def collectives_per_step():
+    """Cross-replica reductions and updates that one traced call of the train loop makes.
+
+    Counted where MirroredStrategy routes them (``MirroredExtended._reduce_to`` for
+    ``strategy.reduce`` and sync-on-read reads, ``_batch_reduce_to`` for every replica-context
+    ``all_reduce``, ``_update`` for every cross-replica variable update;
+    ``tensorflow/python/distribute/mirrored_strategy.py``). The loop body is traced once, so
+    these are the per-step counts (plus the per-call stop check, local here).
+    """
+    c = tiny_config(ema_decay=0.9, **{"model.survival_prob": 0.5})
+    task, it = task_and_iterator(c, MIRRORED)
+    ext, counts = MIRRORED.extended, {"reduce": 0, "update": 0}
+
+    def counting(name, key):
+        original = getattr(ext, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        setattr(ext, name, wrapper)
+        return original
+
+    hooks = (("_reduce_to", "reduce"), ("_batch_reduce_to", "reduce"), ("_update", "update"))
+    originals = {name: counting(name, key) for name, key in hooks}
+    try:
+        out = step_lib.make_train_loop(task, tf.Variable(False))(it, tf.constant(2))
+    finally:
+        for name, original in originals.items():
+            setattr(ext, name, original)
+    shadows = [[float(np.sum(x.numpy())) for x in s.value.values] for s in task.ema.shadows]
+    return {
+        **counts,
+        "steps": float(out["steps"]),
+        "trainable": len(task.model.trainable_variables),
+        "sd_layers": len(task.sd_layers),
+        "ema_shadows": len(task.ema.shadows),
+        "ema_replicas_agree": all(a == b for a, b in shadows),
+        "ema_moved": any(
+            not np.array_equal(s.numpy(), v.numpy())
+            for s, v in zip(task.ema.shadows, task.ema.sources)
+        ),
+    }
 
 
 if __name__ == "__main__":
@@ -153,8 +264,11 @@ if __name__ == "__main__":
         "sync_bn": sync_bn_statistics,
         "gates": per_replica_gates_and_bn_average,
         "sync_bn_batch": sync_bn_batch_mode_trains,
-        "jit_resnet": lambda: jit_compiled("resnet"),
+        # One XLA check (the costliest part of the child): EfficientNet has the most block types.
         "jit_efficientnet": lambda: jit_compiled("efficientnet"),
+        "eval_sizes": eval_split_sizes,
+        "dropout": replica_dropout,
+        "collectives": collectives_per_step,
     }
     result, seconds = {}, {}
     for key, check in checks.items():

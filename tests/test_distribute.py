@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import ml_collections
@@ -109,8 +108,21 @@ def test_mirrored_two_replicas_match_one_device_and_keep_replicas_consistent():
     assert gates["bn_replica_spread"] == 0.0  # averaged after every step
     sbn = r["sync_bn_batch"]
     assert all(sbn["sync"]) and sbn["lockstep"] and all(np.isfinite(sbn["losses"]))
-    for name in ("jit_resnet", "jit_efficientnet"):
-        assert r[name]["steps"] == 2 and np.isfinite(r[name]["loss"]), r[name]
+    jit = r["jit_efficientnet"]
+    assert jit["steps"] == 1 and np.isfinite(jit["loss"]), jit
+    # Eval on real split sizes (2 replicas, global batch 16): one replica empty on the last
+    # step (40), one partial (44), exact (48) == the one-device eval of the same checkpoint.
+    ev = r["eval_sizes"]
+    assert ev["loop_40"] == pytest.approx(ev["40"]["two"], rel=1e-6), ev
+    for n, steps in (("40", 3), ("44", 3), ("48", 3)):
+        one, two = ev[n]["one"], ev[n]["two"]
+        assert ev[n]["steps"] == steps and one["examples"] == two["examples"] == int(n), ev
+        assert (one["top1"], one["top5"]) == (two["top1"], two["top5"]), ev
+        np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    # Dropout: replicas draw their own masks (Keras' Dropout drew one mask for all of them).
+    drop = r["dropout"]
+    assert not drop["tfsd"]["same"] and drop["keras"]["same"], drop
+    assert all(0.25 <= k <= 0.75 for k in drop["tfsd"]["kept"]), drop  # 64 draws, p=.5: 4 sigma
 
 
 # -------------------------------------------------------------------------------------------------
@@ -132,13 +144,14 @@ def _free_ports(n):
 class _Worker:
     """A CLI worker process whose output is collected by a thread (never blocks the test)."""
 
-    def __init__(self, index, ports, model_dir, *flags):
+    def __init__(self, index, ports, model_dir, *flags, env=None):
         tf_config = {
             "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
             "task": {"type": "worker", "index": index},
         }
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
-                   TF_CONFIG=json.dumps(tf_config), PYTHONPATH=str(REPO))  # fmt: skip
+                   TF_CONFIG=json.dumps(tf_config), PYTHONPATH=str(REPO),
+                   **(env or {}))  # fmt: skip
         args = [
             "--config=cifar10_resnet110:runlocal",
             f"--model_dir={model_dir}",
@@ -152,7 +165,8 @@ class _Worker:
             *flags,
         ]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tfsd.train", *args],
+            # tests.preempt_worker is tfsd.train (plus a SIGTERM after a host loop when asked).
+            [sys.executable, "-m", "tests.preempt_worker", *args],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.lines = []
@@ -183,12 +197,10 @@ def _final(worker):
     return json.loads(line)["final_eval"]
 
 
-def _run_pair(model_dir, *flags, timeout=400, on_start=None):
+def _run_pair(model_dir, *flags, timeout=400, envs=(None, None)):
     ports = _free_ports(2)
-    workers = [_Worker(i, ports, model_dir, *flags) for i in range(2)]
+    workers = [_Worker(i, ports, model_dir, *flags, env=envs[i]) for i in range(2)]
     try:
-        if on_start is not None:
-            on_start(workers)
         codes = [w.wait(timeout) for w in workers]
     finally:
         for w in workers:
@@ -212,28 +224,25 @@ def test_multi_worker_two_processes_train_save_stop_and_resume(tmp_path):
     ckpt = tf.train.get_checkpoint_state(str(model_dir / "checkpoints"))
     assert ckpt.model_checkpoint_path.endswith("ckpt-4")
 
-    # SIGTERM to worker 1 only: both stop at the same step, save (the chief's copy) and exit.
+    # Preemption of worker 1 only, landing right after its first host loop (after the loop's
+    # last stop check: the case the review reproduced). Both workers must run the next loop's
+    # first check, see the all-reduced flag, stop at the same step, save once and exit 143.
+    # The old loop stopped worker 1 on its local flag while worker 0 started the next loop:
+    # both died in mismatched collectives (InternalError ... data_type) and saved nothing.
     stop_dir = tmp_path / "stopped"
-
-    def terminate_worker_1(workers):
-        deadline = time.time() + 300
-        while time.time() < deadline and not list((stop_dir / "train").glob("events.*")):
-            assert all(w.proc.poll() is None for w in workers), workers[0].output[-3000:]
-            time.sleep(0.2)
-        time.sleep(5.0)  # usually some steps into training (tracing takes a few seconds)
-        workers[1].proc.send_signal(signal.SIGTERM)
-
-    flags = ["--config.total_steps=100000", "--config.steps_per_loop=1000",
-             "--config.checkpoint_every_steps=100000"]  # fmt: skip
-    workers, codes = _run_pair(stop_dir, *flags, on_start=terminate_worker_1)
-    assert codes == [128 + signal.SIGTERM] * 2, workers[0].output[-3000:]
-    assert "on another worker" in workers[0].output
+    flags = ["--config.total_steps=4", "--config.steps_per_loop=1",
+             "--config.checkpoint_every_steps=100"]  # fmt: skip
+    sigterm = [None, {"TFSD_TEST_SIGTERM_AFTER_LOOP": "1"}]
+    workers, codes = _run_pair(stop_dir, *flags, timeout=240, envs=sigterm)
+    out = workers[0].output[-3000:] + workers[1].output[-3000:]
+    assert codes == [128 + signal.SIGTERM] * 2, out
+    assert "on another worker" in workers[0].output, out
     state = tf.train.get_checkpoint_state(str(stop_dir / "checkpoints"))
-    stopped_at = int(state.model_checkpoint_path.rsplit("-", 1)[1])
-    assert 0 <= stopped_at < 1000  # stopped inside the first host loop, not at its end
-    # The same commands again (a later target) resume from that step.
-    workers, codes = _run_pair(stop_dir, f"--config.total_steps={stopped_at + 2}",
-                               "--config.steps_per_loop=1000")  # fmt: skip
+    assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-1"], out
+    # The same command with the original loop length resumes at step 1 and ends with exactly
+    # the weights of the run that never stopped (deterministic=True; data = f(seed, step)).
+    workers, codes = _run_pair(stop_dir, "--config.total_steps=4", "--config.steps_per_loop=2")
     assert codes == [0, 0], workers[0].output[-3000:]
-    assert all(_final(w)["step"] == stopped_at + 2 for w in workers)
     assert "Resumed from" in workers[0].output and "Resumed from" in workers[1].output
+    assert [_final(w)["step"] for w in workers] == [4, 4]
+    assert {_final(w)["weights_digest"] for w in workers} == {a["weights_digest"]}

@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfsd import layers as sd_layers
 
@@ -293,3 +294,30 @@ def residual(
         name=f"{name}drop",
     )
     return layer(x, shortcut=None if shortcut is x else shortcut)
+
+
+@keras.saving.register_keras_serializable(package="tfsd")
+class ReplicaDropout(keras.layers.Dropout):
+    """``keras.layers.Dropout`` whose masks differ across the replicas of a ``tf.distribute`` run.
+
+    Keras' Dropout draws from a ``SeedGenerator`` whose state is one mirrored variable
+    (``keras/src/random/seed_generator.py``, ``next()``), so every replica drew the same mask for
+    its share of the batch. Here the replica id is folded into the drawn seed, as the
+    stochastic-depth gates do (``stateless_fold_in(seed, replica_id)``, `tfsd.layers`). With one
+    replica (or none) the layer is exactly Keras' Dropout: same seeds, same masks.
+    """
+
+    def call(self, inputs, training=False):
+        ctx = tf.distribute.get_replica_context()
+        if not (training and self.rate > 0) or ctx is None or ctx.num_replicas_in_sync == 1:
+            return super().call(inputs, training=training)
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        seed = tf.random.experimental.stateless_fold_in(
+            seed, tf.cast(ctx.replica_id_in_sync_group, tf.int32), alg="philox"
+        )
+        shape = tf.shape(inputs)
+        if self.noise_shape is not None:  # as keras' _get_concrete_noise_shape
+            shape = [shape[i] if d is None else d for i, d in enumerate(self.noise_shape)]
+        # As keras' TF backend casts its int64 seeds for the stateless ops (`_cast_seed`).
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed, noise_shape=shape)

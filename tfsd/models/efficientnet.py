@@ -400,7 +400,7 @@ def efficientnet(
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout > 0:
             seed_top = sd.block_seed(len(plan))
-            x = keras.layers.Dropout(dropout, seed=seed_top, name="top_dropout")(x)
+            x = common.ReplicaDropout(dropout, seed=seed_top, name="top_dropout")(x)
         x = keras.layers.Dense(
             num_classes,
             kernel_initializer=keras.initializers.VarianceScaling(**_DENSE_INIT),

@@ -38,6 +38,35 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
+def eval_dataset(task, data_dir: str | None = None) -> tuple[tf.distribute.DistributedDataset, int]:
+    """The distributed eval split and its step count: every example, full batches, every worker.
+
+    The split is covered by ``steps`` full global batches (`step.eval_batches_per_pipeline`);
+    the last real batch is padded with weight-0 examples and zero-weight batches follow
+    (`step.pad_eval_batches`), so no replica sees an empty batch, shapes are static (XLA, TPU)
+    and every worker runs the same number of steps. Metrics count real examples only.
+    """
+    config = task.config
+    info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
+    steps, batches = step_lib.eval_batches_per_pipeline(task, info.num_eval_examples)
+
+    def dataset(ctx):
+        ds = data_lib.build_dataset(
+            config.data,
+            split="eval",
+            global_batch_size=config.batch_size,
+            image_size=config.model.image_size,
+            seed=config.seed,
+            data_dir=data_dir,
+            input_context=ctx,
+        )
+        return step_lib.pad_eval_batches(
+            ds, ctx.get_per_replica_batch_size(config.batch_size), batches
+        )
+
+    return task.strategy.distribute_datasets_from_function(dataset), steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                        data_dir: str | None = None) -> dict[str, float]:  # fmt: skip
     """Trains ``config`` in ``model_dir`` (resuming from its latest checkpoint) and evaluates.
@@ -56,7 +85,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     # The strategy first: MultiWorkerMirroredStrategy must exist before the runtime starts.
     strategy = distribute.get_strategy(config.distribute)
     chief = distribute.is_chief(strategy)
-    run_dir.check_or_write_config(config, model_dir, write=chief)
+    run_dir.check_or_write_config(
+        config, model_dir, write=chief, num_replicas=strategy.num_replicas_in_sync
+    )
     task = task_lib.build_task(config, data_dir, strategy)
     batch, size = config.batch_size, config.model.image_size
 
@@ -74,30 +105,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
         logging.info("Initialized %d layers from %s.", len(loaded), config.init.source)
     step = int(task.step.numpy())
 
-    info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
-    fixed_steps = step_lib.fixed_eval_steps(task, info.num_eval_examples)
-    eval_data = config.data
-    if fixed_steps:  # full batches only: static shapes, equal step counts on every worker
-        eval_data = config.data.copy_and_resolve_references()
-        eval_data.eval_drop_remainder = True
-
-    def distributed(split: str, data_config, start_step: int = 0):
-        return strategy.distribute_datasets_from_function(
+    # The train stream starts at the restored step: a pure function of (seed, step).
+    iterator = iter(
+        strategy.distribute_datasets_from_function(
             lambda ctx: data_lib.build_dataset(
-                data_config,
-                split=split,
+                config.data,
+                split="train",
                 global_batch_size=batch,
                 image_size=size,
                 seed=config.seed,
                 data_dir=data_dir,
                 input_context=ctx,
-                start_step=start_step,
+                start_step=step,
             )
         )
-
-    # The train stream starts at the restored step: a pure function of (seed, step).
-    iterator = iter(distributed("train", config.data, step))
-    eval_ds = distributed("eval", eval_data)
+    )
+    eval_ds, eval_steps = eval_dataset(task, data_dir)
 
     stop = tf.Variable(False, trainable=False, name="stop_requested")
     train_loop, eval_step = step_lib.make_train_loop(task, stop), step_lib.make_eval_fn(task)
@@ -124,7 +147,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
             keep_rates = sums.pop("keep_rates")
             sums = {k: float(v) for k, v in sums.items()}
             seconds = time.time() - t0
-            stopped = sums["stopped"] > 0 or bool(watcher.received)
+            # Only the all-reduced flag decides: a signal that lands after this loop's last
+            # check is seen by every worker at the next loop's first check. Reading the local
+            # `watcher.received` here stopped this worker while the others started the next loop
+            # (both then died in mismatched collectives, nothing saved: issue 18).
+            stopped = sums["stopped"] > 0
             done = int(sums["steps"])
             if not math.isfinite(sums["loss"]) or sums["finite"] != 1.0:
                 raise FloatingPointError(
@@ -156,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                 saver.save(step)
                 last_saved = step
             if eval_every and step % eval_every == 0 and step < task.total_steps:
-                result = step_lib.evaluate(task, eval_ds, eval_step, config.eval_steps, fixed_steps)
+                result = step_lib.evaluate(task, eval_ds, eval_step, fixed_steps=eval_steps)
                 summaries.log_eval(task, result, writers, step)
         if stopped:
             if last_saved != step or saver.manager.latest_checkpoint is None:
@@ -171,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
             sys.exit(128 + signum)
     finally:
         watcher.close()
-    result = step_lib.evaluate(task, eval_ds, eval_step, config.eval_steps, fixed_steps)
+    result = step_lib.evaluate(task, eval_ds, eval_step, fixed_steps=eval_steps)
     summaries.log_eval(task, result, writers, step)
     for w in writers.values():
         w.flush()

@@ -73,6 +73,27 @@ def make_lr_schedule(config, steps_per_epoch: int, schedule_steps: int) -> Warmu
     )
 
 
+class AtStep:
+    """``schedule(step)`` at the run's own step variable: the callable learning rate the run's
+    optimizer gets (Keras 3 optimizers call a non-schedule callable with no argument,
+    ``BaseOptimizer._get_current_learning_rate``).
+
+    Keras evaluates a ``LearningRateSchedule`` at ``optimizer.iterations``, which under float16
+    is the inner optimizer's counter: ``LossScaleOptimizer`` skips the inner ``apply`` of a step
+    with non-finite gradients (``keras/src/optimizers/loss_scale_optimizer.py``,
+    ``_common_apply``), so every skipped step shifted the whole schedule (warm-up, decay
+    boundaries) later than the training step. The training step advances on every step, as the
+    data stream and the stochastic-depth gates do; the optimizer applies the update of step k
+    with ``schedule(k)``, k counted from 0, as before.
+    """
+
+    def __init__(self, schedule: WarmupSchedule, step: tf.Variable):
+        self.schedule, self.step = schedule, step
+
+    def __call__(self):
+        return self.schedule(self.step)
+
+
 def _loop_reduced(cls: type) -> type:
     """``cls`` with its gradient all-reduce removed: the training loop all-reduces gradients.
 
@@ -106,15 +127,19 @@ def is_decayed(v) -> bool:
     return v.name in ("kernel", "depthwise_kernel")
 
 
-def make_optimizer(config, schedule, variables=None) -> keras.optimizers.Optimizer:
+def make_optimizer(config, schedule, variables=None, step=None) -> keras.optimizers.Optimizer:
     """The optimizer of ``config.optimizer``; gradients reach it already all-reduced and clipped.
 
     ``adamw`` is decoupled AdamW (Loshchilov & Hutter 2019; ``keras/src/optimizers/adamw.py``:
     ``w -= lr * weight_decay * w`` before the Adam step) on kernels only, with no L2 term in the
     loss; ``sgd`` and ``rmsprop`` get ``0.5 * weight_decay * Σ w²`` in the loss (the references').
     ``variables``: the trainable variables, to exclude non-kernels from AdamW's decay.
+    ``step``: the run's step variable; the learning rate then follows it (`AtStep`), not
+    ``optimizer.iterations``.
     """
     o = config.optimizer
+    if step is not None:
+        schedule = AtStep(schedule, step)
     if o.name == "sgd":
         opt = _SGD(schedule, momentum=o.momentum, nesterov=o.nesterov)
     elif o.name == "rmsprop":

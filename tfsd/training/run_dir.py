@@ -64,12 +64,24 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
 
 
+# Recorded in config.json next to the strategy (not a config field: the hardware decides it).
+NUM_REPLICAS = "num_replicas"
+
+
 def check_or_write_config(
-    config: ml_collections.ConfigDict, model_dir: str, write: bool = True
+    config: ml_collections.ConfigDict,
+    model_dir: str,
+    write: bool = True,
+    num_replicas: int | None = None,
 ) -> None:
     """Writes ``model_dir/config.json``, or checks a resumed run's config against it.
 
     ``write=False`` (non-chief workers) only checks an existing file and creates nothing.
+    ``num_replicas`` (the strategy's replica count) is recorded as ``distribute.num_replicas``.
+    A resume on another count is allowed (a run may move to other hardware; the global batch and
+    so every step's data stay the same) but logs a warning: it changes the per-replica BatchNorm
+    groups, ``model.sync_bn=auto`` and the per-replica gate and dropout streams, so the resumed
+    run is no longer bit-identical to one that never stopped. The file keeps the first count.
 
     Raises:
       CheckpointError: the saved config differs in a field other than the run-length fields
@@ -79,9 +91,19 @@ def check_or_write_config(
     if write:
         tf.io.gfile.makedirs(model_dir)
     current = json.loads(config.to_json_best_effort())
+    recorded = num_replicas
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
+        recorded = saved.get("distribute", {}).pop(NUM_REPLICAS, None) or num_replicas
+        if None not in (recorded, num_replicas) and recorded != num_replicas:
+            logging.warning(
+                "%s was trained on %d replicas and resumes on %d: per-replica BatchNorm "
+                "statistics, model.sync_bn=auto and the per-replica stochastic-depth and dropout "
+                "streams change, so this run will not be bit-identical to one that never "
+                "stopped (the global batch and the data stay the same).",
+                model_dir, recorded, num_replicas,
+            )  # fmt: skip
         a = {**config_lib.NEW_FIELD_DEFAULTS, **_flatten(saved)}
         b = _flatten(current)
         diff = [
@@ -96,6 +118,8 @@ def check_or_write_config(
             )
     if not write:
         return
+    if recorded is not None:  # the first count stays recorded
+        current.setdefault("distribute", {})[NUM_REPLICAS] = int(recorded)
     with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(json.dumps(current, indent=2, sort_keys=True))
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
@@ -195,6 +219,9 @@ def load_run_config(model_dir: str) -> ml_collections.ConfigDict:
     for key in ("model", "data"):
         if key not in config:
             raise RunDirError(f"{path} has no {key!r} section; is it a tfsd run?")
+    if "distribute" in config and NUM_REPLICAS in config.distribute:
+        with config.unlocked():  # a record of the hardware, not a config field
+            del config.distribute[NUM_REPLICAS]
     return config
 
 

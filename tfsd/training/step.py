@@ -43,13 +43,23 @@ def bn_moving_stats(model: keras.Model) -> list:
     ]
 
 
+# The per-step numbers every replica contributes to the one fused all-reduce of a step, in order;
+# the stochastic-depth keep rates (one per layer) follow them.
+STEP_SUMS = ("loss", "top1", "examples", "stop")
+
+
 def make_train_loop(task: Task, stop: tf.Variable | None = None):
     """A ``tf.function`` running up to ``n`` training steps per host call, returning sums.
 
-    ``stop``: a host boolean variable (set by the signal watcher); the loop reads it before every
-    step and ends early when it is set, on every worker at the same step (the flag is
-    all-reduced when the run spans several hosts). The returned dict holds ``steps`` (done) and
-    ``stopped``.
+    ``stop``: a host boolean variable (set by the signal watcher). Every worker reads its own
+    copy; the loop decides only on the all-reduced value (any worker's flag stops all of them,
+    at the same step): once before the first step of the call, then with every step. The
+    returned dict holds ``steps`` (done) and ``stopped``.
+
+    Collectives per step: the gradients (one batched all-reduce), the BatchNorm moving statistics
+    when unsynchronized over several replicas (one), and one vector holding the loss, top-1,
+    example count, stop flag and every stochastic-depth keep rate. EMA shadows are updated
+    inside the replica step with no communication (`task.EMA`).
     """
     config, strategy, model, opt = task.config, task.strategy, task.model, task.optimizer
     variables = model.trainable_variables
@@ -58,7 +68,10 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
     wd = 0.0 if config.optimizer.name == "adamw" else config.optimizer.weight_decay
     clip = config.optimizer.grad_clip_norm
     replicas = strategy.num_replicas_in_sync
-    float_weights = [v for v in model.weights if v.dtype.startswith("float")]
+    # (The stochastic-depth state is not checked: reading keep_rate here would be a reduction.)
+    float_weights = [
+        v for v in model.weights if v.dtype.startswith("float") and v.name != "sd_keep_rate"
+    ]
     stats = bn_moving_stats(model) if replicas > 1 else []
     multi_worker = distribute.is_multi_worker(strategy)
     # Frozen-backbone warm-up (init.freeze_steps): backbone gradients are zeroed, so SGD and
@@ -93,7 +106,7 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
         # stay outside (under MirroredStrategy they are merge_calls, which XLA cannot hold).
         gradients = tf.function(gradients, jit_compile=True)
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, stop_flag):
         grads, metrics = gradients(images, labels)
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -114,12 +127,20 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
             means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
             for v, m in zip(stats, means):
                 v.assign(m)
-        return metrics
+        if task.ema is not None:
+            task.ema.update(task.step + 1)  # the step just taken (task.step advances after)
+        # keep_rate is sync-on-read (tfsd/layers.py): read here, in the replica context, it is
+        # this replica's own kept fraction; the sum over replicas / replicas is the global one
+        # (replicas hold equal batch shares).
+        rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
+        local = tf.stack([metrics["loss"], metrics["top1"], metrics["examples"], stop_flag, *rates])
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)  # one collective for all of it
+
+    def local_flag():
+        return tf.constant(0.0) if stop is None else tf.cast(stop.read_value(), tf.float32)
 
     def stop_requested():
-        if stop is None:
-            return tf.constant(False)
-        flag = tf.cast(stop.read_value(), tf.int32)
+        flag = local_flag()
         if multi_worker:
             # Every worker must stop at the same step or the others hang in a collective.
             # (ReduceOp has SUM and MEAN only: any worker's flag makes the sum positive.)
@@ -128,43 +149,40 @@ def make_train_loop(task: Task, stop: tf.Variable | None = None):
             )
         return flag > 0
 
+    n_sums = len(STEP_SUMS)
+
     @tf.function
     def train_loop(iterator, n):
-        totals = {"loss": 0.0, "top1": 0.0, "examples": 0.0, "active_blocks": 0.0}
-        totals = {k: tf.constant(v) for k, v in totals.items()}
-        totals["keep_rates"] = tf.zeros([len(task.sd_layers)])  # per block, summed over steps
-        steps, stopped = tf.constant(0.0), tf.constant(False)
+        totals = tf.zeros([n_sums + len(task.sd_layers)])
+        steps = tf.constant(0.0)
+        stopped = stop_requested()  # once per call: a signal that came between two calls
         for _ in tf.range(n):
-            if stop_requested():
-                stopped = tf.constant(True)
+            if stopped:
                 break
             images, labels = next(iterator)
-            out = strategy.run(replica_step, args=(images, labels))
-            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+            out = strategy.run(replica_step, args=(images, labels, local_flag()))
+            # All-reduced inside the step: every local replica holds the same vector.
+            out = strategy.experimental_local_results(out)[0]
             task.step.assign_add(1)
-            if task.ema is not None:
-                task.ema.update(task.step)
-            # keep_rate is sync-on-read with MEAN aggregation (tfsd/layers.py): read here, in the
-            # cross-replica context, it is the mean over replicas of each replica's kept
-            # fraction, i.e. the global fraction (replicas hold equal batch shares).
-            rates = [tf.cast(lay.keep_rate.value, tf.float32) for lay in task.sd_layers]
-            out["keep_rates"] = tf.stack(rates) if rates else tf.zeros([0])
-            out["active_blocks"] = tf.reduce_sum(out["keep_rates"])
-            totals = {k: totals[k] + out[k] for k in totals}
+            totals += out
             steps += 1.0
-        totals["steps"] = steps
-        totals["stopped"] = tf.cast(stopped, tf.float32)
+            stopped = out[STEP_SUMS.index("stop")] > 0
+        sums = {k: totals[i] for i, k in enumerate(STEP_SUMS) if k != "stop"}
+        sums["keep_rates"] = totals[n_sums:] / replicas  # per block, summed over steps
+        sums["active_blocks"] = tf.reduce_sum(sums["keep_rates"])
+        sums["steps"] = steps
+        sums["stopped"] = tf.cast(stopped, tf.float32)
         # Weights too: BN statistics can overflow a step before the loss shows it.
-        totals["finite"] = tf.cast(
+        sums["finite"] = tf.cast(
             tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in float_weights]),
             tf.float32,
         )
-        return totals
+        return sums
 
     return train_loop
 
 
-def eval_batch(model: keras.Model, images, labels, num_classes: int):
+def eval_batch(model: keras.Model, images, labels, num_classes: int, weights=None):
     """One eval batch: ``(sums, predictions)``, the computation every evaluation runs.
 
     The training loop's eval (`make_eval_fn`) and ``tfsd.evaluate``
@@ -172,6 +190,7 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
     holds ``loss`` (summed plain cross-entropy: no label smoothing, the test loss), ``top1``
     (argmax equals the label, as the confusion matrix counts), ``top5`` and ``examples``;
     ``predictions`` are the argmax classes (int32). One-hot labels are reduced to their argmax.
+    ``weights``: optional 0/1 per example (`pad_eval_batches`); padding (0) counts nowhere.
     """
     logits = tf.cast(model(images, training=False), tf.float32)
     if labels.shape.rank == 2:
@@ -180,11 +199,17 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     in_top_k = tf.math.in_top_k(labels, logits, min(5, num_classes))
+    top1 = tf.cast(tf.equal(predictions, labels), tf.float32)
+    top5 = tf.cast(in_top_k, tf.float32)
+    if weights is None:
+        weights = tf.ones_like(loss)
+    real = weights > 0
     sums = {
-        "loss": tf.reduce_sum(loss),
-        "top1": tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-        "top5": tf.reduce_sum(tf.cast(in_top_k, tf.float32)),
-        "examples": tf.cast(tf.shape(logits)[0], tf.float32),
+        # tf.where, not a product: a padded example's loss never reaches the sum, whatever it is.
+        "loss": tf.reduce_sum(tf.where(real, loss, 0.0)),
+        "top1": tf.reduce_sum(tf.where(real, top1, 0.0)),
+        "top5": tf.reduce_sum(tf.where(real, top5, 0.0)),
+        "examples": tf.reduce_sum(tf.cast(real, tf.float32)),
     }
     return sums, predictions
 
@@ -192,62 +217,93 @@ def eval_batch(model: keras.Model, images, labels, num_classes: int):
 def make_eval_fn(task: Task):
     """``eval_step(batch)``: one distributed eval step (a ``tf.function``) returning sums.
 
+    ``batch`` is ``(images, labels)`` or ``(images, labels, weights)`` (`pad_eval_batches`).
     ``eval_step.loop(iterator, n)`` runs ``n`` steps in one ``tf.function`` (TPU needs the
     loop on device; multi-worker runs need every worker to run the same number of steps).
     """
     strategy, model = task.strategy, task.model
 
-    def replica_eval(images, labels):
-        return eval_batch(model, images, labels, task.num_classes)[0]
+    def replica_eval(images, labels, weights=None):
+        return _eval_sums(eval_batch(model, images, labels, task.num_classes, weights)[0])
+
+    def _eval_sums(sums):
+        # One vector, one all-reduce (not one per metric).
+        return tf.stack([sums[k] for k in EVAL_SUMS])
+
+    def _unpack(vector):
+        return {k: vector[i] for i, k in enumerate(EVAL_SUMS)}
 
     @tf.function
     def eval_step(batch):
         out = strategy.run(replica_eval, args=batch)
-        return {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
+        return _unpack(strategy.reduce("SUM", out, axis=None))
 
     @tf.function
     def eval_loop(iterator, n):
-        totals = {k: tf.constant(0.0) for k in ("loss", "top1", "top5", "examples")}
+        totals = tf.zeros([len(EVAL_SUMS)])
         for _ in tf.range(n):
             out = strategy.run(replica_eval, args=next(iterator))
-            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
-            totals = {k: totals[k] + out[k] for k in totals}
-        return totals
+            totals += strategy.reduce("SUM", out, axis=None)
+        return _unpack(totals)
 
     eval_step.loop = eval_loop
     return eval_step
 
 
-def fixed_eval_steps(task: Task, num_eval_examples: int) -> int:
-    """Eval steps that every worker can run with full batches (0: iterate the split instead).
+EVAL_SUMS = ("loss", "top1", "top5", "examples")
 
-    Multi-worker and TPU runs evaluate ``floor(N / P) // (B / P)`` full global batches (P input
-    pipelines, B the global batch): the same count on every worker, static shapes. Fewer than B
-    examples are left out; the logged ``examples`` says how many were used.
+
+def eval_batches_per_pipeline(task: Task, num_eval_examples: int) -> tuple[int, int]:
+    """``(steps, batches)``: global eval steps covering the split, and per-replica batches per
+    input pipeline, the same on every worker.
+
+    ``steps = ceil(ceil(N / P) / (B / P))`` for N examples, P input pipelines (one per worker;
+    ``tfds.even_splits`` gives each at most ``ceil(N / P)``) and global batch B; capped by
+    ``config.eval_steps``. Every pipeline yields ``steps * B / P / b`` batches of the per-replica
+    batch b, real examples first, then zero-weight padding (`pad_eval_batches`).
     """
-    strategy = task.strategy
-    if not (
-        distribute.is_multi_worker(strategy) or isinstance(strategy, tf.distribute.TPUStrategy)
-    ):
-        return 0
-    # One input pipeline per worker (TPUStrategy: per host).
+    strategy, batch = task.strategy, task.config.batch_size
     pipelines = max(1, getattr(strategy.extended, "_num_workers", 1))
-    steps = (num_eval_examples // pipelines) // (task.config.batch_size // pipelines)
+    per_pipeline = -(-num_eval_examples // pipelines)
+    steps = max(1, -(-per_pipeline // (batch // pipelines)))
     if task.config.eval_steps:
         steps = min(steps, task.config.eval_steps)
-    if steps < 1:
-        raise ValueError(
-            f"The eval split ({num_eval_examples} examples) holds no full global batch of "
-            f"{task.config.batch_size}: lower batch_size or use more eval data."
-        )
-    return steps
+    replicas_per_pipeline = strategy.num_replicas_in_sync // pipelines
+    return steps, steps * replicas_per_pipeline
+
+
+def pad_eval_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int) -> tf.data.Dataset:
+    """``(images, labels)`` batches → exactly ``num_batches`` full ``(images, labels, weights)``.
+
+    The last partial batch is padded with zero examples of weight 0, then whole zero-weight
+    batches follow, so that no replica ever sees an empty or short batch (TF 2.21's CPU conv
+    returns a wrong shape for a batch of 0: ``Incompatible shapes: [4] vs. [0,16,16,3]``) and
+    every shape is static (XLA, TPU). `eval_batch` counts weight-0 examples nowhere.
+    """
+
+    def weigh(images, labels):
+        n = tf.shape(images)[0]
+        pad = batch_size - n
+
+        def padded(x):
+            x = tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1))
+            return tf.ensure_shape(x, [batch_size, *x.shape[1:]])
+
+        weights = tf.concat([tf.ones([n]), tf.zeros([pad])], axis=0)
+        return padded(images), padded(labels), tf.ensure_shape(weights, [batch_size])
+
+    ds = ds.map(weigh)
+    filler = tf.data.Dataset.from_tensors(
+        tuple(tf.zeros(s.shape, s.dtype) for s in ds.element_spec)
+    ).repeat()
+    return ds.concatenate(filler).take(num_batches)
 
 
 def evaluate(task: Task, eval_ds, eval_step, max_steps: int = 0, fixed_steps: int = 0):
     """Top-1 / top-5 / loss over the eval split, with the EMA weights when there are any.
 
-    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (see
-    `fixed_eval_steps`); otherwise iterates the split (up to ``max_steps`` batches).
+    ``fixed_steps`` > 0 runs exactly that many steps in one ``tf.function`` (the training loop:
+    see `eval_batches_per_pipeline`); otherwise iterates the split (up to ``max_steps`` batches).
     """
     if task.ema is not None:
         task.ema.swap()
