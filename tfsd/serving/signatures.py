@@ -84,14 +84,22 @@ class Servable:
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         classes = tf.cast(classes, tf.int32)
-        if status is None:  # float images: nothing to refuse
-            status = tf.zeros(tf.shape(images)[:1], tf.int32)
+        out = {"logits": logits, "probabilities": probabilities, "classes": classes,
+               "scores": scores}  # fmt: skip
+        if self.class_names is not None:
+            # Names of the top-k classes, [batch, k] like `classes`.
+            out["class_names"] = tf.gather(tf.constant(self.class_names), classes)
+        if status is None:
+            # Float images: nothing to refuse. The model's outputs stay untouched, so the TFLite
+            # conversion of serving_default (logits, probabilities only) has no extra op.
+            batch = tf.shape(images)[:1]
+            return {**out, "valid": tf.fill(batch, True), "error": tf.fill(batch, "")}
         valid = tf.equal(status, image_limits.OK)
         # A refused row: logits, probabilities and scores 0, classes -1, names "": no plausible
         # answer for a client that ignores `valid`. Every output keeps the batch dimension, as TF
         # Serving's REST row format ("instances") and its batching (SplitOutputTensors) require.
         row = valid[:, None]
-        out = {
+        masked = {
             "logits": tf.where(row, logits, 0.0),
             "probabilities": tf.where(row, probabilities, 0.0),
             "classes": tf.where(row, classes, -1),
@@ -100,10 +108,8 @@ class Servable:
             "error": tf.gather(tf.constant(self.limits.messages()), status),
         }
         if self.class_names is not None:
-            # Names of the top-k classes, [batch, k] like `classes`.
-            names = tf.gather(tf.constant(self.class_names), tf.maximum(classes, 0))
-            out["class_names"] = tf.where(row, names, "")
-        return out
+            masked["class_names"] = tf.where(row, out["class_names"], "")
+        return masked
 
     def decode(self, inputs: tf.Tensor, to_image_bytes=tf.identity) -> tuple[tf.Tensor, tf.Tensor]:
         # Per example and bounded: never raises for a bad image (tfsd.serving.image_limits).
