@@ -10,8 +10,13 @@ fields and wrong types as the server's ``ParseProtoTextFile`` does (model_server
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
 _F = descriptor_pb2.FieldDescriptorProto
 _INT64_VALUE = ".google.protobuf.Int64Value"
@@ -57,7 +62,9 @@ def _classes() -> dict[str, type]:
                 f.type_name = type_name
     pool.Add(proto)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+        name: message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
+        )
         for name in _MESSAGES
     }
 

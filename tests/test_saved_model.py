@@ -14,10 +14,8 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import keras
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import randomize_batchnorm, tiny_config
+from tests.helpers import png_of_zeros, randomize_batchnorm, tiny_config
 from tfsd import data as data_lib
 from tfsd import models
 from tfsd.serving import image_limits
@@ -297,30 +295,6 @@ def test_rest_b64_body_through_serving_bytes_matches_serving_default(loaded, var
     assert saved_model_lib.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
 
 
-def _png_of_zeros(width: int, height: int, rows_per_block: int = 200) -> bytes:
-    """A black RGB PNG of any size, a few hundred KiB, made without holding its pixels.
-
-    The pixel data is one deflate block of ``rows_per_block`` zero rows, ended by a full flush
-    (which resets the compressor, so the same rows compress to the same bytes), repeated.
-    """
-    row = b"\0" * (1 + 3 * width)  # filter byte 0, then RGB
-    assert height % rows_per_block == 0
-    rows = row * rows_per_block
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: zlib header added below
-    block = compressor.compress(rows) + compressor.flush(zlib.Z_FULL_FLUSH)
-    adler = 1
-    for _ in range(height // rows_per_block):
-        adler = zlib.adler32(rows, adler)
-    idat = b"\x78\xda" + block * (height // rows_per_block) + compressor.flush()
-    idat += struct.pack(">I", adler)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _peak_rss_growth_mib(fn) -> float:
     """Peak resident memory of ``fn()`` above what the process held before it, in MiB.
 
@@ -343,18 +317,16 @@ def test_image_bomb_is_refused_from_its_header_and_memory_stays_bounded(loaded, 
     decoded as uint8 and resized without a float copy of the full image. Measured on the code
     before this check: +916 MiB for the bomb, +229 MiB for the 16 MP image ("none")."""
     serve = loaded[variant].signatures["serving_bytes"]
-    small = _png_of_zeros(200, 200)
+    small = png_of_zeros(200, 200)
     serve(image_bytes=tf.constant([small]))  # traced and warm before measuring
-    bomb, large = _png_of_zeros(8000, 8000), _png_of_zeros(4000, 4000)
+    bomb, large = png_of_zeros(8000, 8000), png_of_zeros(4000, 4000)
     assert len(bomb) < 200 << 10
     out = {}
-    growth = _peak_rss_growth_mib(
-        lambda: out.update(serve(image_bytes=tf.constant([bomb, small])))
-    )
+    growth = _peak_rss_growth_mib(lambda: out.update(serve(image_bytes=tf.constant([bomb, small]))))
     assert out["valid"].numpy().tolist() == [False, True]
-    assert out["error"].numpy()[0] == (
-        f"the image is over the limit of {image_limits.DEFAULT_MAX_PIXELS} pixels (width x height)"
-    ).encode()
+    limit = image_limits.DEFAULT_MAX_PIXELS
+    expected = f"the image is over the limit of {limit} pixels (width x height)"
+    assert out["error"].numpy()[0].decode() == expected
     assert growth < 32, growth  # nothing of the 183 MiB image was allocated
     growth = _peak_rss_growth_mib(lambda: out.update(serve(image_bytes=tf.constant([large]))))
     assert out["valid"].numpy().tolist() == [True]
@@ -408,7 +380,7 @@ def test_image_limits_are_configurable_and_refuse_before_decoding():
     servable = signatures_lib.Servable(
         model, signatures_lib.preprocess_fn(preprocess, size), None, limits
     )
-    at_limit, wide = _png_of_zeros(30, 30, 30), _png_of_zeros(31, 30, 30)
+    at_limit, wide = png_of_zeros(30, 30, 30), png_of_zeros(31, 30, 30)
     noisy = tf.io.encode_png(np.asarray(_images(40, 1)[0], np.uint8)).numpy()  # > 2000 bytes
     assert len(noisy) > 2000 and len(at_limit) < 2000
     out = servable.serving_bytes(tf.constant([at_limit, wide, noisy]))

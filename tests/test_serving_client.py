@@ -5,7 +5,6 @@ gRPC predict formats; the real server binary is not installable here.
 """
 
 import importlib.util
-import os
 import re
 import shutil
 import socket

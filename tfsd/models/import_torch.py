@@ -116,7 +116,8 @@ def _read_state_dict(source: str | os.PathLike | Mapping[str, np.ndarray]) -> tu
     if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         raise ValueError(
             f"{path!r} looks like a pickled torch checkpoint; convert it once where torch is "
-            f"installed: safetensors.torch.save_file(torch.load(path), 'model.safetensors')."
+            f"installed: safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "'model.safetensors') (weights_only=True: tensors only, no pickled code runs)."
         )
     try:
         return load_file(path), f"{path!r}"

@@ -216,7 +216,9 @@ def remove_abandoned_tmp_dirs(export_base: str) -> list[str]:
             logging.warning("%s has no readable owner file; left in place.", tmp_dir)
             continue
         if owner_host != host or pid == os.getpid() or not _pid_is_dead(pid):
-            logging.warning("%s belongs to %s pid %d, maybe running; left.", tmp_dir, owner_host, pid)
+            logging.warning(
+                "%s belongs to %s pid %d, maybe running; left.", tmp_dir, owner_host, pid
+            )
             continue
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
