@@ -10,7 +10,14 @@ resizing or normalisation. REST sends ``{"signature_name": "serving_bytes", "ins
 ``PredictRequest`` through ``PredictionServiceStub`` from tensorflow-serving-api.
 
 For each image it prints the top-k class names (or indices when the export has no names) and
-scores.
+scores. An image the server refused (``valid`` false: over the export's size limits, not an
+image, corrupt) is reported on stderr with the server's ``error`` for it; the others are still
+printed, and the exit status is 1.
+
+Images are sent in requests of at most the server's ``max_batch_size`` (read from
+``batching_parameters.txt`` beside this script, the file ``docker-compose.yml`` mounts): TF
+Serving rejects a larger request with "Task size N is larger than maximum input batch size"
+(tensorflow/serving#1401).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -26,6 +35,28 @@ from typing import Any
 
 SIGNATURE = "serving_bytes"
 INPUT_KEY = "image_bytes"
+BATCHING_PARAMETERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   "batching_parameters.txt")  # fmt: skip
+
+
+def read_max_batch_size(path: str = BATCHING_PARAMETERS) -> int:
+    """``max_batch_size`` of a ``BatchingParameters`` text proto (the server's request limit).
+
+    Read with a pattern, not the proto: the message is not in tensorflow-serving-api, and the
+    REST client needs no TensorFlow (tests/test_serving_client.py parses the file with the
+    schema and checks this function agrees).
+    """
+    with open(path, encoding="utf-8") as f:
+        text = "\n".join(line.split("#", 1)[0] for line in f)
+    found = re.findall(r"^\s*max_batch_size\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", text, re.M)
+    if len(found) != 1 or int(found[0]) < 1:
+        raise ValueError(f"{path}: expected one max_batch_size {{ value: N }}, found {found}.")
+    return int(found[0])
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive pieces of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -81,9 +112,8 @@ def grpc_predictions(response) -> list[dict[str, Any]]:
     """A ``PredictResponse`` as REST-style prediction dicts (one per image)."""
     import tensorflow as tf
 
-    outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-    n = len(outputs["classes"])
-    return [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]
+    rows = {k: tf.make_ndarray(v).tolist() for k, v in response.outputs.items()}
+    return [{k: v[i] for k, v in rows.items()} for i in range(len(rows["classes"]))]
 
 
 def grpc_predict(
@@ -130,7 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
     parser.add_argument("--port", type=int, help="default: 8501 for REST, 8500 for gRPC")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    parser.add_argument(
+        "--max_batch_size", type=int, default=None,
+        help="images per request; default: max_batch_size of the batching_parameters.txt "
+        "beside this script (the server's limit)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    batch = args.max_batch_size or read_max_batch_size()
+    if batch < 1:
+        parser.error("--max_batch_size must be positive")
     port = args.port or (8501 if args.protocol == "rest" else 8500)
     blobs = []
     for path in args.images:
@@ -141,14 +179,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"client: cannot read {path}: {e}", file=sys.stderr)
             return 2
     predict = rest_predict if args.protocol == "rest" else grpc_predict
+    predictions = []
     try:
-        predictions = predict(args.host, port, args.model, blobs, timeout=args.timeout)
+        for piece in chunks(blobs, batch):
+            predictions += predict(args.host, port, args.model, piece, timeout=args.timeout)
     except RuntimeError as e:
         print(f"client: {e}", file=sys.stderr)
         return 1
+    refused = 0
     for path, prediction in zip(args.images, predictions):
+        if not prediction_is_valid(prediction):
+            refused += 1
+            print(f"client: {path}: refused by the server: {prediction_error(prediction)}",
+                  file=sys.stderr)  # fmt: skip
+            continue
         print(format_prediction(path, prediction))
-    return 0
+    return 1 if refused else 0
+
+
+def prediction_is_valid(prediction: dict[str, Any]) -> bool:
+    """The export's per-image ``valid`` output (exports without it: always valid)."""
+    valid = prediction.get("valid", True)
+    return bool(valid[0] if isinstance(valid, list) else valid)
+
+
+def prediction_error(prediction: dict[str, Any]) -> str:
+    error = prediction.get("error", "")
+    return error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
 
 
 if __name__ == "__main__":

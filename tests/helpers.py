@@ -2,6 +2,8 @@
 
 import contextlib
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,3 +111,31 @@ def run_cli(command, *args: str) -> tuple[int, str, str]:
             else:
                 code = int(e.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+def png_of_zeros(width: int, height: int, rows_per_block: int = 200) -> bytes:
+    """A black RGB PNG of any size, a few hundred KiB, made without holding its pixels.
+
+    The pixel data is one deflate block of ``rows_per_block`` zero rows, ended by a full flush
+    (which resets the compressor, so the same rows compress to the same bytes), repeated.
+    """
+    row = b"\0" * (1 + 3 * width)  # filter byte 0, then RGB
+    assert height % rows_per_block == 0
+    rows = row * rows_per_block
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: zlib header added below
+    block = compressor.compress(rows) + compressor.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(height // rows_per_block):
+        adler = zlib.adler32(rows, adler)
+    idat = b"\x78\xda" + block * (height // rows_per_block) + compressor.flush()
+    idat += struct.pack(">I", adler)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )

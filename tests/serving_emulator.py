@@ -7,6 +7,14 @@ Serving's tensorflow_serving/util/json_tensor.h) and gRPC ``PredictionService/Pr
 answers as it does: ``{"predictions": [{output: value, ...}, ...]}`` (strings as text, errors as
 ``{"error": ...}`` with HTTP 400) and a ``PredictResponse``. It checks clients and payloads; it is
 not the server.
+
+What the server does with ``--enable_batching`` is emulated from its source
+(``tensorflow_serving/batching/batching_session.cc`` and ``shared_batch_scheduler.h``): a request
+larger than ``max_batch_size`` is refused ("Task size N is larger than maximum input batch size
+M"), and `run_batch` merges requests as ``BatchingSession::ProcessBatch`` does (inputs
+concatenated along dimension 0, padded with the last request's first row up to an allowed batch
+size, one ``Session::Run``, outputs split by request; a failed run gives every request its
+status). ``GET /v1/models/<name>`` answers the model status as ``GetModelStatus`` does.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ def rest_instances_to_tensor(instances: list) -> tf.Tensor:
 
 
 def _jsonable(value: np.ndarray):
-    if value.dtype == object:
+    if value.dtype == object or value.dtype.kind == "S":
+        if value.ndim == 0:  # a scalar string per row (e.g. `error`)
+            v = value.item()
+            return v.decode("utf-8") if isinstance(v, bytes) else v
         return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value.tolist()]
     return value.tolist()
 
@@ -40,16 +51,59 @@ def _jsonable(value: np.ndarray):
 class ServingEmulator:
     """REST and gRPC predict endpoints for ``model_name``, on free loopback ports."""
 
-    def __init__(self, saved_model_dir: str, model_name: str):
+    def __init__(self, saved_model_dir: str, model_name: str, max_batch_size: int | None = None):
         self.model_name = model_name
         self.loaded = tf.saved_model.load(saved_model_dir)
         self._lock = threading.Lock()  # one inference at a time: signatures are not reentrant
         self.rest_port = self.grpc_port = None
+        self.max_batch_size = max_batch_size  # None: no batching, no limit
+        self.request_sizes: list[int] = []  # batch size of every predict request answered
+
+    def check_task_size(self, inputs: dict[str, tf.Tensor]) -> None:
+        """The batching scheduler's limit (shared_batch_scheduler.h, ``Schedule``)."""
+        size = int(next(iter(inputs.values())).shape[0])
+        if self.max_batch_size is not None and size > self.max_batch_size:
+            raise tf.errors.InvalidArgumentError(
+                None, None, f"Task size {size} is larger than maximum input batch size "
+                f"{self.max_batch_size}",
+            )  # fmt: skip
 
     def predict(self, signature: str, inputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+        self.check_task_size(inputs)
         fn = self.loaded.signatures[signature or "serving_default"]
         with self._lock:
-            return {k: v.numpy() for k, v in fn(**inputs).items()}
+            out = {k: v.numpy() for k, v in fn(**inputs).items()}
+        self.request_sizes.append(int(next(iter(inputs.values())).shape[0]))
+        return out
+
+    def run_batch(
+        self, signature: str, requests: list[dict[str, tf.Tensor]], allowed_batch_sizes=()
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """Requests merged into one batch and run once, as ``BatchingSession::ProcessBatch``.
+
+        Returns per request its outputs, or the batch's error (the same for every request).
+        """
+        for inputs in requests:
+            self.check_task_size(inputs)
+        sizes = [int(next(iter(r.values())).shape[0]) for r in requests]
+        total = sum(sizes)
+        # MergeInputTensors: pad up to the lowest allowed batch size with the first row of the
+        # last task's tensor, then concatenate each named input.
+        padded = min([b for b in allowed_batch_sizes if b >= total], default=total)
+        merged = {}
+        for key in requests[0]:
+            parts = [r[key] for r in requests]
+            parts += [requests[-1][key][:1]] * (padded - total)
+            merged[key] = tf.concat(parts, axis=0)
+        fn = self.loaded.signatures[signature]
+        try:
+            with self._lock:
+                out = {k: v.numpy() for k, v in fn(**merged).items()}
+        except tf.errors.OpError as e:
+            return [e] * len(requests)  # ProcessBatch: one status for every task
+        # SplitOutputTensors: by task sizes (the padding rows are dropped).
+        bounds = np.cumsum([0, *sizes])
+        return [{k: v[a:b] for k, v in out.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
     # -- REST ------------------------------------------------------------------------------------
 
@@ -67,6 +121,14 @@ class ServingEmulator:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802  (http.server's name)
+                # GetModelStatus over REST (tensorflow_serving/apis/get_model_status.proto).
+                if self.path != f"/v1/models/{emulator.model_name}":
+                    return self._answer(404, {"error": f"Servable not found for {self.path}"})
+                status = {"error_code": "OK", "error_message": ""}
+                version = {"version": "1", "state": "AVAILABLE", "status": status}
+                return self._answer(200, {"model_version_status": [version]})
 
             def do_POST(self):  # noqa: N802  (http.server's name)
                 if self.path != f"/v1/models/{emulator.model_name}:predict":

@@ -161,3 +161,15 @@ def test_checker_reports_broken_links(tmp_path):
         "missing_ref.md (no such file)",
     ]
     assert problems[0].startswith("page.md:9: ")
+
+
+def test_torch_load_advice_says_weights_only():
+    """Every ``torch.load(`` the docs or tfsd's messages advise passes ``weights_only=True``:
+    without it a .pth is unpickled, which can run arbitrary code."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    files = [*root.glob("*.md"), *root.glob("docs/*.md"), *root.glob("tfsd/**/*.py")]
+    calls = []
+    for f in files:
+        calls += [(f.name, m) for m in re.findall(r"torch\.load\([^)]*\)", f.read_text())]
+    assert calls, "the advice is gone: update this test"
+    assert [c for c in calls if "weights_only=True" not in c[1]] == []

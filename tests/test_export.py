@@ -17,7 +17,7 @@ from tfsd.serving import publish as publish_lib
 from tfsd.serving import saved_model as saved_model_lib
 
 
-def test_cli_train_then_export_twice(tmp_path):
+def test_cli_train_then_export_twice(tmp_path, monkeypatch):
     run, base = tmp_path / "run", tmp_path / "exports"
     # The registered tiny test_resnet, 2 steps: the commands are what is tested.
     train_flags = [
@@ -31,9 +31,14 @@ def test_cli_train_then_export_twice(tmp_path):
     # tests/test_install.py.
     code, out, err = run_cli(train_cmd, *train_flags)
     assert code == 0, out[-3000:] + err[-3000:]
-    code, out, err = run_cli(export_cmd, f"--model_dir={run}", f"--export_dir={base}")
+    # A relative --export_dir: the printed export_base is absolute, as docker compose needs it
+    # (a relative bind-mount source would resolve against export/, not the caller's directory).
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(export_cmd, f"--model_dir={run}", "--export_dir=exports")
     assert code == 0, err[-3000:]
-    assert json.loads(out.strip().splitlines()[-1]) == {"exported": str(base / "1")}
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "exported": os.path.join("exports", "1"), "export_base": str(base),
+    }  # fmt: skip
     code, out, err = run_cli(
         export_cmd, f"--model_dir={run}", f"--export_dir={base}", "--fold=false"
     )
@@ -52,3 +57,18 @@ def test_cli_train_then_export_twice(tmp_path):
         for v in ("1", "2")
     )
     assert saved_model_lib.relative_error(a, b) <= 1e-5
+
+
+def test_keras_model_needs_preprocess_and_a_run_refuses_it(tmp_path):
+    """--keras_model used to default to the ImageNet central crop (a 32-px CIFAR model got its
+    central 16 x 16 upscaled, silently); nothing is read or written before the flags are good."""
+    base = tmp_path / "base"
+    code, _, err = run_cli(
+        export_cmd, f"--keras_model={tmp_path / 'm.keras'}", f"--export_dir={base}"
+    )
+    assert code != 0 and "--keras_model needs --preprocess" in err
+    code, _, err = run_cli(
+        export_cmd, f"--model_dir={tmp_path}", f"--export_dir={base}", "--preprocess=cifar"
+    )
+    assert code != 0 and "--preprocess is for --keras_model" in err
+    assert not base.exists()

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import TINY_RUN_CLASSES
-from tests.helpers import run_cli
+from tests.helpers import png_of_zeros, run_cli
 from tfsd import data as data_lib
 from tfsd import predict as predict_cmd
 from tfsd.serving import predict as predict_lib
@@ -46,6 +46,10 @@ def test_bad_inputs_get_clear_errors(tiny_run, tmp_path):
     text.write_text("not an image")
     with pytest.raises(predict_lib.PredictError, match="notes.jpg is not an image"):
         predict_lib.predict_run(str(tiny_run.model_dir), [str(text)])
+    bomb = tmp_path / "bomb.png"  # 183 KiB, 8000 x 8000: refused from its header, not decoded
+    bomb.write_bytes(png_of_zeros(8000, 8000))
+    with pytest.raises(predict_lib.PredictError, match="bomb.png: the image is over the limit"):
+        predict_lib.read_images([str(bomb)])
     with pytest.raises(predict_lib.PredictError, match="no such file"):
         predict_lib.predict_run(str(tiny_run.model_dir), [str(tmp_path / "missing.png")])
     with pytest.raises(predict_lib.PredictError, match="neither a SavedModel"):

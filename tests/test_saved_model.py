@@ -11,7 +11,9 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +23,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import randomize_batchnorm, tiny_config
+from tests.helpers import png_of_zeros, randomize_batchnorm, tiny_config
 from tfsd import data as data_lib
 from tfsd import models
+from tfsd.serving import image_limits
 from tfsd.serving import publish as publish_lib
 from tfsd.serving import saved_model as saved_model_lib
 from tfsd.serving import signatures as signatures_lib
 from tfsd.serving import warmup as warmup_lib
+from tfsd.serving.image_limits import ImageLimits
 from tfsd.training import run_dir
 from tfsd.training import task as task_lib
 
@@ -80,6 +84,12 @@ def exported(tmp_path_factory):
         )  # fmt: skip
         out[variant] = (model, signatures_lib.preprocess_fn(preprocess, spec["size"]), path)
     return out
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    """{variant: the exported SavedModel loaded once} for the tests that only call it."""
+    return {variant: tf.saved_model.load(path) for variant, (_, _, path) in exported.items()}
 
 
 def _reference(model, preprocess, images=None, blobs=None):
@@ -253,15 +263,14 @@ def _rest_to_tensor(body: str) -> tf.Tensor:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_rest_b64_body_through_serving_bytes_matches_serving_default(exported, variant):
+def test_rest_b64_body_through_serving_bytes_matches_serving_default(loaded, variant):
     """Real photos (scikit-image's PNG and JPEG files) sent as a REST body; reference: the same
     files decoded by Pillow and preprocessed in Python, through ``serving_default``."""
     import skimage.data
     from PIL import Image
 
-    _, _, path = exported[variant]
     size = VARIANTS[variant]["size"]
-    loaded = tf.saved_model.load(path)
+    loaded = loaded[variant]
     files = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
     blobs = [Path(skimage.data.__file__).parent.joinpath(f).read_bytes() for f in files]
     body = json.dumps({
@@ -286,19 +295,100 @@ def test_rest_b64_body_through_serving_bytes_matches_serving_default(exported, v
     assert saved_model_lib.relative_error(by_bytes["logits"], by_images["logits"]) <= 2e-2
 
 
-def test_undecodable_input_is_invalid_argument(exported):
-    loaded = tf.saved_model.load(exported["effnet"][2])
-    png = warmup_lib.encode_jpeg(_images(VARIANTS["effnet"]["size"], 1))[0]
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png, b"not an image"]))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png[: len(png) // 3]]))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["serving_examples"](examples=tf.constant([b"\x01garbage"]))
-    # A good request still answers afterwards.
-    assert loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["classes"].shape == (
-        1, 5,
-    )  # fmt: skip
+def _peak_rss_growth_mib(fn) -> float:
+    """Peak resident memory of ``fn()`` above what the process held before it, in MiB.
+
+    Linux: writing 5 to /proc/self/clear_refs resets VmHWM (the peak) to the current VmRSS.
+    """
+
+    def status(key):
+        return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    fn()
+    return (status("VmHWM") - before) / 1024
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_image_bomb_is_refused_from_its_header_and_memory_stays_bounded(loaded, variant):
+    """An 8000 x 8000 PNG of 183 KiB (64 MP: 183 MiB as uint8, 732 MiB as float32) is refused
+    by its header without being decoded; a 4000 x 4000 one (16 MP, within the default 25 MP) is
+    decoded as uint8 and resized without a float copy of the full image. Measured on the code
+    before this check: +916 MiB for the bomb, +229 MiB for the 16 MP image ("none")."""
+    serve = loaded[variant].signatures["serving_bytes"]
+    small = png_of_zeros(200, 200)
+    serve(image_bytes=tf.constant([small]))  # traced and warm before measuring
+    bomb, large = png_of_zeros(8000, 8000), png_of_zeros(4000, 4000)
+    assert len(bomb) < 200 << 10
+    out = {}
+    growth = _peak_rss_growth_mib(lambda: out.update(serve(image_bytes=tf.constant([bomb, small]))))
+    assert out["valid"].numpy().tolist() == [False, True]
+    limit = image_limits.DEFAULT_MAX_PIXELS
+    expected = f"the image is over the limit of {limit} pixels (width x height)"
+    assert out["error"].numpy()[0].decode() == expected
+    assert growth < 32, growth  # nothing of the 183 MiB image was allocated
+    growth = _peak_rss_growth_mib(lambda: out.update(serve(image_bytes=tf.constant([large]))))
+    assert out["valid"].numpy().tolist() == [True]
+    uint8_mib = 4000 * 4000 * 3 / 2**20  # 45.8 MiB; float32 would add 183 MiB
+    assert growth < 1.5 * uint8_mib, growth
+
+
+def test_bad_images_fail_only_their_own_row_with_the_reason(exported, loaded):
+    """Nothing raises for a bad image: each row says valid and why not (docs/serving.md)."""
+    from PIL import Image
+
+    model, preprocess, _ = exported["effnet"]
+    size = VARIANTS["effnet"]["size"]
+    loaded = loaded["effnet"]
+    pixels = np.asarray(_images(size, 1)[0], np.uint8)
+    jpeg = warmup_lib.encode_jpeg(pixels[None])[0]
+    encoded = {}
+    for fmt in ("PNG", "BMP", "GIF", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt)
+        encoded[fmt] = buffer.getvalue()
+    blobs = [jpeg, b"not an image", jpeg[: len(jpeg) // 3], encoded["PNG"], encoded["BMP"],
+             encoded["GIF"], encoded["WEBP"], b""]  # fmt: skip
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(blobs))
+    assert out["valid"].numpy().tolist() == [True, False, False, True, True, True, False, False]
+    messages = ImageLimits().messages()
+    unknown, corrupt = messages[image_limits.UNKNOWN_FORMAT], messages[image_limits.UNDECODABLE]
+    assert [e.decode() for e in out["error"].numpy()] == [
+        "", unknown, corrupt, "", "", "", unknown, unknown,
+    ]  # fmt: skip
+    good = [0, 3, 4, 5]
+    ref = _reference(model, preprocess, blobs=[blobs[i] for i in good])
+    assert saved_model_lib.relative_error(tf.gather(out["logits"], good), ref) <= 1e-5
+    bad = [1, 2, 6, 7]
+    assert (out["classes"].numpy()[bad] == -1).all() and (out["logits"].numpy()[bad] == 0).all()
+    assert (out["class_names"].numpy()[bad] == b"").all()
+    examples = [warmup_lib.image_example(jpeg), b"\x01garbage", warmup_lib.image_example(b"")]
+    out = loaded.signatures["serving_examples"](examples=tf.constant(examples))
+    assert out["valid"].numpy().tolist() == [True, False, False]
+    assert [e.decode() for e in out["error"].numpy()] == ["", corrupt, unknown]
+    # serving_default has the same outputs; its float rows are always valid.
+    out = loaded.signatures["serving_default"](images=tf.constant(_images(size, 2)))
+    assert out["valid"].numpy().tolist() == [True, True]
+
+
+def test_image_limits_are_configurable_and_refuse_before_decoding():
+    """Small limits on an in-memory servable (the signatures' own functions, run eagerly)."""
+    model, preprocess = _build("resnet")
+    size = VARIANTS["resnet"]["size"]
+    limits = ImageLimits(max_pixels=30 * 30, max_bytes=2000)
+    servable = signatures_lib.Servable(
+        model, signatures_lib.preprocess_fn(preprocess, size), None, limits
+    )
+    at_limit, wide = png_of_zeros(30, 30, 30), png_of_zeros(31, 30, 30)
+    noisy = tf.io.encode_png(np.asarray(_images(40, 1)[0], np.uint8)).numpy()  # > 2000 bytes
+    assert len(noisy) > 2000 and len(at_limit) < 2000
+    out = servable.serving_bytes(tf.constant([at_limit, wide, noisy]))
+    assert out["valid"].numpy().tolist() == [True, False, False]
+    assert out["error"].numpy()[1].decode() == limits.messages()[image_limits.TOO_MANY_PIXELS]
+    assert out["error"].numpy()[2].decode() == limits.messages()[image_limits.TOO_MANY_BYTES]
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        signatures_lib.Servable(model, preprocess, None, ImageLimits(max_pixels=0))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -336,6 +426,8 @@ def test_bad_arguments_get_clear_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="preprocess must be"):
         saved_model_lib.export_saved_model(model, base, preprocess="bilinear")
+    with pytest.raises(ValueError, match="preprocess is required"):
+        saved_model_lib.export_saved_model(model, base)  # no silent ImageNet crop of any model
     dynamic = models.create_model("test_resnet", num_classes=10, input_shape=(None, None, 3))
     with pytest.raises(ValueError, match="fixed H and W"):
         saved_model_lib.export_saved_model(dynamic, base)
@@ -347,12 +439,58 @@ def test_bad_arguments_get_clear_errors(tmp_path):
     assert publish_lib.existing_versions(base) == []
 
 
+def test_model_name_and_models_config_are_checked_before_anything_is_published(tmp_path):
+    """The old order published version 1, then refused the name: a live version without
+    models.config, and a retry published version 2."""
+    model, preprocess = _build("resnet")
+    kw = dict(preprocess=preprocess, sample_images=_images(16))
+    base = tmp_path / "my export"  # the default model name: the base's name, not URL-safe
+    with pytest.raises(ValueError, match="model_name must be a URL-safe name"):
+        saved_model_lib.export_saved_model(model, str(base), **kw)
+    assert not base.exists() or sorted(os.listdir(base)) == []
+    with pytest.raises(ValueError, match="model_name must be a URL-safe name"):
+        saved_model_lib.export_saved_model(model, str(tmp_path / "b"), model_name="a/b", **kw)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "models.config").write_text("model_config_list { config { nme: 'x' } }")
+    with pytest.raises(publish_lib.ExportError, match="is not a ModelServerConfig text proto"):
+        saved_model_lib.export_saved_model(model, str(broken), **kw)
+    assert sorted(os.listdir(broken)) == ["models.config"]
+
+
+def _abandoned_tmp_dirs(base: Path) -> dict[str, Path]:
+    """Temp dirs as crashed or running exports leave them: {case: path}."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)  # exited: a pid no process has (reuse within the test aside)
+    host = socket.gethostname()
+    owners = {
+        "dead": {"host": host, "pid": dead_pid},
+        "running": {"host": host, "pid": os.getpid()},
+        "other_host": {"host": host + "-elsewhere", "pid": dead_pid},
+        "no_owner": None,
+    }
+    dirs = {}
+    for case, owner in owners.items():
+        d = base / f"{publish_lib.TMP_PREFIX}{case}"
+        (d / "variables").mkdir(parents=True)
+        (d / "saved_model.pb").write_bytes(b"partial")
+        if owner is not None:
+            Path(str(d) + publish_lib.OWNER_SUFFIX).write_text(json.dumps(owner))
+        dirs[case] = d
+    return dirs
+
+
 def test_keras_file_export_matches_the_saved_model(exported, tmp_path):
     """Reference: the in-memory Keras model the ``.keras`` file was saved from (tfsd's
     StochasticDepth layers must load from the file: they are registered on import)."""
     model, _, _ = exported["resnet"]
     model.save(tmp_path / "m.keras")
     size = VARIANTS["resnet"]["size"]
+    # The base holds temp dirs of earlier exports: only the one whose exporter provably died
+    # (this host, pid gone) is removed; the others may still be running.
+    (tmp_path / "base").mkdir()
+    stale = _abandoned_tmp_dirs(tmp_path / "base")
     path = saved_model_lib.export_keras_file(
         str(tmp_path / "m.keras"), str(tmp_path / "base"),
         preprocess=VARIANTS["resnet"]["preprocess"], sample_images=_images(size),
@@ -362,6 +500,13 @@ def test_keras_file_export_matches_the_saved_model(exported, tmp_path):
     ref = _reference(model, None, images=images)
     assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5
     assert "class_names" not in out  # no names were given
+    assert not stale["dead"].exists() and not Path(str(stale["dead"]) + ".owner").exists()
+    assert all(stale[case].is_dir() for case in ("running", "other_host", "no_owner"))
+    left = sorted(n for n in os.listdir(tmp_path / "base") if n.startswith(publish_lib.TMP_PREFIX))
+    assert left == sorted(
+        [stale[c].name for c in ("running", "other_host", "no_owner")]
+        + [stale[c].name + ".owner" for c in ("running", "other_host")]
+    )  # and this export's own temp dir and owner file are gone
 
 
 # -------------------------------------------------------------------------------------------------

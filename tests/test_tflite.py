@@ -40,3 +40,16 @@ def test_cli_int8_uint8_io_then_verify(tmp_path_factory, tmp_path):
     )  # fmt: skip
     assert again["quantization"] == "verify" and again["size_bytes"] == len(before)
     assert out.read_bytes() == before
+
+
+def test_int8_with_zero_calibration_steps_says_so(tiny_run, tiny_export, tmp_path):
+    """With --model_dir given, the old message asked for --model_dir; now the flag at fault is
+    named before any model or data is read."""
+    out = tmp_path / "m.tflite"
+    code, _, err = run_cli(
+        tflite_cmd, f"--saved_model={tiny_export}", f"--output={out}", "--quantize=int8",
+        f"--model_dir={tiny_run.model_dir}", "--calibration_steps=0",
+    )  # fmt: skip
+    assert code != 0
+    assert "--calibration_steps eval images; got 0" in err and "pass --model_dir" not in err
+    assert not out.exists()

@@ -8,12 +8,13 @@ only parses flags; the library is `tfsd.serving.saved_model`. See ``docs/serving
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from tfsd import cli
-from tfsd.serving import class_names, saved_model
+from tfsd.serving import class_names, image_limits, saved_model
 from tfsd.serving.publish import ExportError
 from tfsd.training import run_dir
 
@@ -31,8 +32,19 @@ def _define_flags(fv: flags.FlagValues) -> None:
         "container_base_path", None, "BASE as the server sees it; default /models/<name>.", **f
     )
     flags.DEFINE_enum(
-        "preprocess", "inception", ["inception", "cifar", "none"], "--keras_model only.", **f
-    )
+        "preprocess", None, ["inception", "cifar", "none"],
+        "--keras_model only, required: what serving_bytes does to a decoded image (inception: "
+        "ImageNet-style central crop; cifar/none: resize the whole image). A run uses its own.",
+        **f,
+    )  # fmt: skip
+    flags.DEFINE_integer(
+        "max_image_pixels", image_limits.DEFAULT_MAX_PIXELS,
+        "Largest width x height serving_bytes/serving_examples decode; larger is refused.", **f,
+    )  # fmt: skip
+    flags.DEFINE_integer(
+        "max_image_bytes", image_limits.DEFAULT_MAX_BYTES,
+        "Largest encoded image (bytes) serving_bytes/serving_examples accept.", **f,
+    )  # fmt: skip
     flags.DEFINE_string(
         "class_names", None,
         "--keras_model only: a text file with one class name per line, or 'imagenet'.", **f,
@@ -49,11 +61,20 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--export_dir is required.")
     if bool(v["model_dir"]) == bool(v["keras_model"]):
         raise app.UsageError("Give exactly one of --model_dir and --keras_model.")
+    if v["keras_model"] and not v["preprocess"]:
+        raise app.UsageError(
+            "--keras_model needs --preprocess: inception (ImageNet-style central crop), cifar or "
+            "none (resize the whole image, e.g. 32x32 CIFAR models); tfsd cannot tell from a "
+            ".keras file which preprocessing the model was trained with."
+        )
+    if v["model_dir"] and v["preprocess"]:
+        raise app.UsageError("--preprocess is for --keras_model; a run uses its own.")
     common = dict(
         version=v["version"],
         fold=v["fold"],
         model_name=v["model_name"],
         container_base_path=v["container_base_path"],
+        image_limits=image_limits.ImageLimits(v["max_image_pixels"], v["max_image_bytes"]),
     )
     try:
         if v["model_dir"]:
@@ -76,7 +97,10 @@ def main(argv: list[str]) -> None:
             )
     except (ExportError, run_dir.RunDirError, ValueError, FileNotFoundError) as e:
         COMMAND.fail(e)
-    print(json.dumps({"exported": path}))
+    # The base as an absolute path: what EXPORT_BASE of export/docker-compose.yml needs (docker
+    # compose resolves a relative bind-mount source against export/, not the caller's directory).
+    base = os.path.abspath(v["export_dir"]) if "://" not in v["export_dir"] else v["export_dir"]
+    print(json.dumps({"exported": path, "export_base": base}))
 
 
 def run_main(argv: Sequence[str] | None = None) -> None:

@@ -73,6 +73,14 @@ def main(argv: list[str]) -> None:
     for required in ("saved_model", "output"):
         if not v[required]:
             raise app.UsageError(f"--{required} is required.")
+    if v["quantize"] == "int8" and not v["verify"] and v["calibration_steps"] < 1:
+        # Before any data or model is read: with --model_dir given, "pass --model_dir" (the
+        # library's message for no data at all) would send the user in a circle.
+        raise app.UsageError(
+            f"--quantize=int8 calibrates on --calibration_steps eval images; got "
+            f"{v['calibration_steps']}: give at least 1 (default "
+            f"{tflite_verify.DEFAULT_CALIBRATION_STEPS})."
+        )
     try:
         report = tflite_export.convert_and_verify(
             v["saved_model"], v["output"], quantize=v["quantize"], model_dir=v["model_dir"],

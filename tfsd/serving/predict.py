@@ -2,7 +2,9 @@
 
 A run's images go through its own eval preprocessing (`tfsd.data.make_eval_image_fn`); an export's
 through its ``serving_bytes`` signature, which holds the same preprocessing. Files are checked
-before any model is loaded. See ``docs/evaluate_predict_plot.md``.
+before any model is loaded (an image over the exports' default size limits is refused from its
+header, `tfsd.serving.image_limits`); an image the export refuses is an error naming the file.
+See ``docs/evaluate_predict_plot.md``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfsd import data as data_lib
-from tfsd.serving import publish
+from tfsd.serving import image_limits, publish
 from tfsd.training import run_dir
 
 TOP_K = 5
+LIMITS = image_limits.ImageLimits()  # the exports' defaults; an export's own answer is checked too
 
 
 class PredictError(ValueError):
@@ -34,6 +37,10 @@ def read_images(paths: Sequence[str]) -> list[bytes]:
             raise PredictError(f"{path}: no such file.")
         with tf.io.gfile.GFile(path, "rb") as f:
             encoded = f.read()
+        # The export's own limits first, from the header: nothing is decoded for a bomb.
+        status = int(image_limits.check_image(tf.constant(encoded), LIMITS))
+        if status in (image_limits.TOO_MANY_BYTES, image_limits.TOO_MANY_PIXELS):
+            raise PredictError(f"{path}: {LIMITS.messages()[status]}.")
         try:
             data_lib.decode_image(tf.constant(encoded))
         except (tf.errors.InvalidArgumentError, ValueError) as e:
@@ -100,6 +107,10 @@ def predict_export(
     if "serving_bytes" not in loaded.signatures:
         raise PredictError(f"{path} has no serving_bytes signature: not a tfsd export.")
     out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+    if "valid" in out:  # exports with per-image validity (tfsd.serving.image_limits)
+        for path, valid, error in zip(paths, out["valid"].numpy(), out["error"].numpy()):
+            if not valid:
+                raise PredictError(f"{path}: refused by the export: {error.decode()}.")
     # The export's own top-k (k = min(5, classes), sorted by score), with its label names when
     # the export has them: the answer TF Serving gives for the same bytes.
     classes, scores = out["classes"].numpy(), out["scores"].numpy()

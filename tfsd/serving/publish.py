@@ -41,6 +41,10 @@ CLAIMS_DIR = ".tfsd-claims"  # gs:// version claims (module docstring)
 MAX_ATTEMPTS = 64  # numbers one export tries before giving up (one per concurrent winner)
 
 
+OWNER_SUFFIX = ".owner"  # beside each temp dir: {"host", "pid"} of the export writing it
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
 class ExportError(RuntimeError):
     """An export that cannot be made or verified; nothing was published."""
 
@@ -224,8 +228,7 @@ def write_models_config(
     An existing file is never replaced: one that differs is kept, with a warning.
     """
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
-        raise ValueError(f"model_name must be a URL-safe name ([A-Za-z0-9_.-]), got {model_name!r}")
+    check_model_name(model_name)
     config = model_server_config_pb2.ModelServerConfig()
     entry = config.model_config_list.config.add()
     entry.name = model_name
@@ -263,3 +266,95 @@ def _create_if_absent(path: str, data: bytes) -> bool:
     finally:
         os.remove(tmp)
     return True
+
+
+# -------------------------------------------------------------------------------------------------
+# Checks made before anything is written, and temp dirs of exports that died.
+# -------------------------------------------------------------------------------------------------
+
+
+def check_model_name(model_name: str) -> None:
+    """TF Serving's model name is a URL path segment (``/v1/models/<name>``): URL-safe only."""
+    if not isinstance(model_name, str) or not re.fullmatch(MODEL_NAME_PATTERN, model_name):
+        raise ValueError(
+            f"model_name must be a URL-safe name ([A-Za-z0-9_.-], not starting with '.', '_' or "
+            f"'-'), got {model_name!r}; it defaults to the export base's name: pass "
+            "--model_name or rename the base."
+        )
+
+
+def check_models_config(export_base: str, model_name: str) -> None:
+    """Everything `write_models_config` will need, checked before an export publishes.
+
+    Raises:
+      ValueError: a model name TF Serving cannot serve. ExportError: an existing
+        ``models.config`` that is not a ``ModelServerConfig`` text proto (the server would refuse
+        to start on it).
+    """
+    check_model_name(model_name)
+    path = os.path.join(export_base, MODELS_CONFIG)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as e:
+        raise ExportError(
+            f"{path} is not a ModelServerConfig text proto ({e}); fix or remove it. Nothing was "
+            "exported."
+        ) from e
+
+
+def write_owner_file(tmp_dir: str) -> str:
+    """Marks ``tmp_dir`` as this process's: ``<tmp_dir>.owner`` holds host name and pid."""
+    path = tmp_dir + OWNER_SUFFIX
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return path
+
+
+def _pid_is_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by another user
+        return False
+    return False
+
+
+def remove_abandoned_tmp_dirs(export_base: str) -> list[str]:
+    """Removes temp dirs of exports provably dead: started on this host by a pid now gone.
+
+    A temp dir without an owner file (an older tfsd, an unreadable file) or from another host is
+    left alone, with a warning: its exporter may still be running. Returns the removed dirs.
+    """
+    if not tf.io.gfile.isdir(export_base):
+        return []
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(export_base)]
+    removed = []
+    host = socket.gethostname()
+    for name in names:
+        if not name.startswith(TMP_PREFIX) or name.endswith(OWNER_SUFFIX):
+            continue
+        tmp_dir = os.path.join(export_base, name)
+        owner_path = tmp_dir + OWNER_SUFFIX
+        try:
+            with tf.io.gfile.GFile(owner_path) as f:
+                owner = json.loads(f.read())
+            pid, owner_host = int(owner["pid"]), str(owner["host"])
+        except (tf.errors.OpError, ValueError, KeyError, TypeError):
+            logging.warning("%s has no readable owner file; left in place.", tmp_dir)
+            continue
+        if owner_host != host or pid == os.getpid() or not _pid_is_dead(pid):
+            logging.warning(
+                "%s belongs to %s pid %d, maybe running; left.", tmp_dir, owner_host, pid
+            )
+            continue
+        if tf.io.gfile.exists(tmp_dir):
+            tf.io.gfile.rmtree(tmp_dir)
+        tf.io.gfile.remove(owner_path)
+        logging.info("Removed %s, left by export pid %d (no longer running).", tmp_dir, pid)
+        removed.append(tmp_dir)
+    return removed

@@ -23,7 +23,8 @@ from absl import logging
 from tfsd import data as data_lib
 from tfsd import models
 from tfsd.serving import publish, signatures, warmup
-from tfsd.serving.publish import ExportError
+from tfsd.serving.image_limits import ImageLimits
+from tfsd.serving.publish import ExportError, VersionTakenError
 from tfsd.serving.signatures import SIGNATURES
 from tfsd.training import run_dir
 
@@ -79,6 +80,9 @@ def verify_export(
             out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         except Exception as e:  # noqa: BLE001  (any failure means: do not publish)
             raise ExportError(f"{path}: warm-up request for {signature} failed: {e}") from e
+        refused = [str(m, "utf-8") for m in out["error"].numpy() if m]
+        if refused:  # the warm-up images are real images within the limits
+            raise ExportError(f"{path}: a warm-up image of {signature} was refused: {refused[0]}")
         if servable is not None:
             err = relative_error(out["logits"], _reference_logits(servable, signature, inputs))
             if not err <= rtol:
@@ -119,7 +123,7 @@ def export_saved_model(
     model: keras.Model,
     export_base: str,
     *,
-    preprocess: str | Callable[[tf.Tensor], tf.Tensor] = "inception",
+    preprocess: str | Callable[[tf.Tensor], tf.Tensor] | None = None,
     class_names: Sequence[str] | None = None,
     version: int | None = None,
     fold: bool = True,
@@ -127,6 +131,7 @@ def export_saved_model(
     model_name: str | None = None,
     container_base_path: str | None = None,
     warmup_batch_sizes: Sequence[int] = warmup.WARMUP_BATCH_SIZES,
+    image_limits: ImageLimits | None = None,
 ) -> str:
     """Exports an in-memory Keras model as ``export_base/<version>/`` for TF Serving.
 
@@ -148,6 +153,9 @@ def export_saved_model(
       container_base_path: the base path as the server sees it (``models.config``); default
         ``/models/<model_name>``.
       warmup_batch_sizes: batch sizes of the warm-up requests (each signature at each size).
+      image_limits: the largest encoded image ``serving_bytes`` / ``serving_examples`` decode
+        (pixels, bytes); a larger one is refused as that example's error. Default
+        `ImageLimits()` (`tfsd.serving.image_limits`).
 
     Returns:
       The published version directory.
@@ -160,6 +168,11 @@ def export_saved_model(
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise ValueError("export_saved_model needs a functional keras.Model.")
     height, width = signatures.model_image_size(model)
+    if preprocess is None:
+        raise ValueError(
+            "preprocess is required: 'inception' (ImageNet-style central crop), 'cifar' / 'none' "
+            "(resize the whole image), or a function; tfsd cannot tell which the model expects."
+        )
     if isinstance(preprocess, str):
         preprocess = signatures.preprocess_fn(preprocess, height)
         if height != width:
@@ -174,21 +187,27 @@ def export_saved_model(
         raise ValueError(
             f"sample_images must be [n, {height}, {width}, 3], got {sample_images.shape}."
         )
+    image_limits = (image_limits or ImageLimits()).check()
     export_base = str(export_base).rstrip("/")
     model_name = model_name or os.path.basename(export_base)
     if tf.io.gfile.exists(export_base) and not tf.io.gfile.isdir(export_base):
         raise ExportError(f"{export_base} exists and is not a directory.")
+    # Everything models.config needs is checked now: once a version is published, a failure
+    # would leave it live without models.config, and a retry would publish another version.
+    publish.check_models_config(export_base, model_name)
 
     served = model
     if fold:
         served = models.fold_stochastic_depth(model)
         err = check_fold(model, served, sample_images)
         logging.info("Folded stochastic depth: relative error %.2g vs unfolded.", err)
-    servable = signatures.Servable(served, preprocess, class_names)
+    servable = signatures.Servable(served, preprocess, class_names, image_limits)
 
     tf.io.gfile.makedirs(export_base)
     publish.choose_version(export_base, version)  # fail early on a taken --version, before any work
+    publish.remove_abandoned_tmp_dirs(export_base)
     tmp_dir = os.path.join(export_base, f"{publish.TMP_PREFIX}{uuid.uuid4().hex}")
+    owner = publish.write_owner_file(tmp_dir)
     try:
         signatures.write_saved_model(servable, tmp_dir)
         warmup.write_warmup_file(
@@ -204,6 +223,7 @@ def export_saved_model(
     finally:
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
+        tf.io.gfile.remove(owner)
     publish.write_models_config(export_base, model_name, container_base_path)
     logging.info("Exported %s", final_dir)
     return final_dir
@@ -220,6 +240,7 @@ def export_run(
     data_dir: str | None = None,
     model_name: str | None = None,
     container_base_path: str | None = None,
+    image_limits: ImageLimits | None = None,
 ) -> str:
     """Exports a training run's checkpoint (see `run_dir.restore_run`, `export_saved_model`).
 
@@ -255,6 +276,7 @@ def export_run(
         model_name=model_name,
         container_base_path=container_base_path,
         warmup_batch_sizes=(1, len(images)),
+        image_limits=image_limits,
     )
 
 

@@ -3,9 +3,11 @@
 ``serving_default`` (float32 images ``[B, H, W, 3]`` in [0, 255]), ``serving_bytes`` (encoded
 images through the run's eval preprocessing, `tfsd.data.make_eval_image_fn`) and
 ``serving_examples`` (serialized ``tf.train.Example`` with ``image/encoded``); each returns
-``logits``, ``probabilities``, top-k ``classes`` and ``scores`` (and ``class_names``). Model
-Garden's vision export (``official/vision/serving``) was the starting point. See
-``docs/serving.md``.
+``logits``, ``probabilities``, top-k ``classes`` and ``scores`` (and ``class_names``), and per
+example ``valid`` and ``error``: an encoded image that is refused (over the size limits) or does
+not decode fails only its own row, never the request or a batch TF Serving merged it into
+(`tfsd.serving.image_limits`). Model Garden's vision export (``official/vision/serving``) was the
+starting point. See ``docs/serving.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import keras
 import tensorflow as tf
 
 from tfsd import data as data_lib
+from tfsd.serving import image_limits
+from tfsd.serving.image_limits import ImageLimits
 
 SIGNATURES = ("serving_default", "serving_bytes", "serving_examples")
 
@@ -58,8 +62,10 @@ class Servable:
         model: keras.Model,
         preprocess: Callable[[tf.Tensor], tf.Tensor],
         class_names: Sequence[str] | None,
+        limits: ImageLimits | None = None,
     ):
         self.model = model
+        self.limits = (limits or ImageLimits()).check()
         self.height, self.width = model_image_size(model)
         self.preprocess = preprocess
         num_classes = int(model.outputs[0].shape[-1])
@@ -72,38 +78,58 @@ class Servable:
         self.class_names = class_names
         self.top_k = min(MAX_TOP_K, num_classes)
 
-    def outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def outputs(self, images: tf.Tensor, status: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """The model's answers; rows whose ``status`` is not OK answer nothing (see below)."""
         logits = tf.cast(self.model(images, training=False), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
-        out = {"logits": logits, "probabilities": probabilities,
-               "classes": tf.cast(classes, tf.int32), "scores": scores}  # fmt: skip
+        classes = tf.cast(classes, tf.int32)
+        out = {"logits": logits, "probabilities": probabilities, "classes": classes,
+               "scores": scores}  # fmt: skip
         if self.class_names is not None:
-            # Names of the top-k classes, [batch, k] like `classes`: every output keeps the batch
-            # dimension, as TF Serving's REST row format ("instances") requires.
+            # Names of the top-k classes, [batch, k] like `classes`.
             out["class_names"] = tf.gather(tf.constant(self.class_names), classes)
-        return out
+        if status is None:
+            # Float images: nothing to refuse. The model's outputs stay untouched, so the TFLite
+            # conversion of serving_default (logits, probabilities only) has no extra op.
+            batch = tf.shape(images)[:1]
+            return {**out, "valid": tf.fill(batch, True), "error": tf.fill(batch, "")}
+        valid = tf.equal(status, image_limits.OK)
+        # A refused row: logits, probabilities and scores 0, classes -1, names "": no plausible
+        # answer for a client that ignores `valid`. Every output keeps the batch dimension, as TF
+        # Serving's REST row format ("instances") and its batching (SplitOutputTensors) require.
+        row = valid[:, None]
+        masked = {
+            "logits": tf.where(row, logits, 0.0),
+            "probabilities": tf.where(row, probabilities, 0.0),
+            "classes": tf.where(row, classes, -1),
+            "scores": tf.where(row, scores, 0.0),
+            "valid": valid,
+            "error": tf.gather(tf.constant(self.limits.messages()), status),
+        }
+        if self.class_names is not None:
+            masked["class_names"] = tf.where(row, out["class_names"], "")
+        return masked
 
-    def decode(self, image_bytes: tf.Tensor) -> tf.Tensor:
-        # One image at a time: encoded images differ in size. Decoding errors surface as
-        # InvalidArgumentError from the signature (tf.io.decode_image's own error).
-        return tf.map_fn(
-            self.preprocess,
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([self.height, self.width, 3], tf.float32),
+    def decode(self, inputs: tf.Tensor, to_image_bytes=tf.identity) -> tuple[tf.Tensor, tf.Tensor]:
+        # Per example and bounded: never raises for a bad image (tfsd.serving.image_limits).
+        images, _, status = image_limits.decode_batch(
+            inputs, to_image_bytes, self.preprocess, (self.height, self.width, 3), self.limits
         )
+        return images, status
 
     def serving_default(self, images):
         return self.outputs(images)
 
     def serving_bytes(self, image_bytes):
-        return self.outputs(self.decode(image_bytes))
+        return self.outputs(*self.decode(image_bytes))
 
     def serving_examples(self, examples):
-        features = tf.io.parse_example(
-            examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-        )
-        return self.outputs(self.decode(features["image/encoded"]))
+        def image_bytes(example):
+            spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+            return tf.io.parse_single_example(example, spec)["image/encoded"]
+
+        return self.outputs(*self.decode(examples, image_bytes))
 
     def input_signatures(self) -> dict[str, list[tf.TensorSpec]]:
         return {

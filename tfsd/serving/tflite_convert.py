@@ -163,8 +163,8 @@ def calibrate_int8(model: ServingModel, calibration_images: np.ndarray) -> bytes
     """
     if calibration_images is None or len(calibration_images) == 0:
         raise TFLiteError(
-            "int8 quantization needs representative data: pass --model_dir=RUN or "
-            "--representative_config=NAME[:ARG] (eval images calibrate the activations)."
+            "int8 quantization needs calibration images and got none: give --calibration_steps "
+            ">= 1 with --model_dir=RUN or --representative_config=NAME[:ARG]."
         )
 
     converter = model.converter()
