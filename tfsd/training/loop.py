@@ -38,6 +38,22 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
+def check_eval_split(config: ml_collections.ConfigDict, num_eval_examples: int) -> None:
+    """Refuses an eval split that yields no batch (it failed only after training, at the eval).
+
+    Runs that iterate the split (one input pipeline) lose only a partial last batch to
+    ``data.eval_drop_remainder``; fixed-step runs are checked by `step_lib.fixed_eval_steps`.
+    """
+    if num_eval_examples < 1:
+        raise config_lib.ConfigError(f"The eval split of {config.data.name} holds no examples.")
+    if config.data.eval_drop_remainder and num_eval_examples < config.batch_size:
+        raise config_lib.ConfigError(
+            f"data.eval_drop_remainder=True drops every eval example: the split holds "
+            f"{num_eval_examples}, fewer than one batch of {config.batch_size}. Set it to False "
+            "or lower batch_size."
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                        data_dir: str | None = None) -> dict[str, float]:  # fmt: skip
     """Trains ``config`` in ``model_dir`` (resuming from its latest checkpoint) and evaluates.
@@ -56,7 +72,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     # The strategy first: MultiWorkerMirroredStrategy must exist before the runtime starts.
     strategy = distribute.get_strategy(config.distribute)
     chief = distribute.is_chief(strategy)
-    run_dir.check_or_write_config(config, model_dir, write=chief)
+    # Nothing is written to model_dir until the config, data and model are validated: a
+    # config.json left by a failed start held the next attempt to the failed settings. Here
+    # only a resumed run's saved config is compared; it is written below, once all is built.
+    run_dir.check_or_write_config(config, model_dir, write=False)
     task = task_lib.build_task(config, data_dir, strategy)
     batch, size = config.batch_size, config.model.image_size
 
@@ -76,6 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
 
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
     fixed_steps = step_lib.fixed_eval_steps(task, info.num_eval_examples)
+    if not fixed_steps:
+        check_eval_split(config, info.num_eval_examples)
     eval_data = config.data
     if fixed_steps:  # full batches only: static shapes, equal step counts on every worker
         eval_data = config.data.copy_and_resolve_references()
@@ -98,6 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     # The train stream starts at the restored step: a pure function of (seed, step).
     iterator = iter(distributed("train", config.data, step))
     eval_ds = distributed("eval", eval_data)
+    run_dir.check_or_write_config(config, model_dir, write=chief)  # all validated: the first write
 
     stop = tf.Variable(False, trainable=False, name="stop_requested")
     train_loop, eval_step = step_lib.make_train_loop(task, stop), step_lib.make_eval_fn(task)
