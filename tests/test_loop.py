@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import apply_changes, tiny_config
 import tfsd
+from tests.helpers import apply_changes, tiny_config
 from tfsd import config_names
 from tfsd import data as data_lib
 from tfsd.training import evaluation as evaluation_lib
