@@ -90,7 +90,7 @@ def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path):
         {"precision": "float16"},
         {"precision": "bfloat16", "ema_decay": 0.9},
         {"jit_compile": True},
-        {"model.sd_mode": "sample", "model.sd_scale_at": "train", "label_smoothing": 0.1},
+        {"model.sd_mode": "sample", "model.sd_scale_at": "train", "label_smoothing": 0.3},
         {"optimizer.name": "rmsprop", "lr.warmup_epochs": 0.5, "lr.schedule": "exponential"},
         {"optimizer.name": "adamw", "lr.base": 1e-3},
     ],
@@ -120,8 +120,10 @@ def _assert_eval_loss_is_plain_cross_entropy(result, model_dir, smoothing):
         plain += list(ce)
         smoothed += list((1 - smoothing) * ce - smoothing * logp.mean(-1))
     assert result["examples"] == len(plain)
-    assert result["loss"] == pytest.approx(np.mean(plain), rel=1e-4)
-    assert abs(np.mean(smoothed) - np.mean(plain)) > 1e-3  # the two are told apart here
+    assert result["loss"] == pytest.approx(np.mean(plain), rel=1e-5)
+    # The smoothed loss is told apart at that tolerance (after 2 steps the logits are nearly
+    # uniform, where the two nearly agree: 2e-4 relative measured with smoothing 0.1).
+    assert abs(np.mean(smoothed) - np.mean(plain)) > 1e-4 * np.mean(plain)
     report = evaluation_lib.evaluate_run(str(model_dir), batch_size=7)
     assert report["loss"] == pytest.approx(result["loss"], rel=1e-5)
 
