@@ -73,9 +73,9 @@ def test_adamw_is_decoupled_and_adds_no_l2_term():
 def test_rmsprop_matches_tf1_rmsprop_the_efficientnet_reference_optimizer():
     """Reference: ``tf.compat.v1.train.RMSPropOptimizer`` itself, the optimizer the EfficientNet
     reference trains with (mean-square slots start at 1, eps inside the square root). Caught
-    (issue 19, defect 11): Keras RMSprop starts them at 0, so its first updates were ~3·lr·sign(g)
-    whatever the gradient's size. Four steps of gradients of very different scales, through
-    `optim.make_optimizer` (the class the training loop applies gradients with)."""
+    (issue 19, defect 11): Keras RMSprop starts them at 0, so its first updates were
+    ≈3.2·lr·sign(g) for any gradient above ~0.1, whatever its size. Four steps of gradients of
+    very different scales, through `optim.make_optimizer` (the class the loop applies with)."""
     c = tiny_config(**{"optimizer.name": "rmsprop", "optimizer.momentum": 0.9,
                        "optimizer.rho": 0.9, "optimizer.epsilon": 1e-3})  # fmt: skip
     rng = np.random.default_rng(0)
