@@ -5,10 +5,11 @@ Command (B3 shown; any variant):
       --config.distribute.tpu=local --data_dir=gs://BUCKET/tfds --model_dir=gs://BUCKET/b3
   runlocal (offline synthetic data, 2 CPU cores): --config=efficientnet_b3:runlocal
 
-Recipe (Tan & Le 2019, the TF TPU reference): RMSProp decay 0.9 / momentum 0.9 / eps 1e-3, lr
-0.016 × batch / 256 with 5 warm-up epochs and ×0.97 every 2.4 epochs, weight decay 1e-5, label
-smoothing 0.1, EMA 0.9999, 350 epochs, RandAugment (2 ops, magnitude 9), bfloat16, drop-connect
-0.2 → survival 0.8 per sample (inverted scaling, EfficientNet's r·i/N schedule).
+Recipe (Tan & Le 2019, the TF TPU reference): RMSProp decay 0.9 / momentum 0.9 / eps 1e-3 (TF1's:
+mean squares start at 1), lr 0.016 × batch / 256 with 5 warm-up epochs and ×0.97 every 2.4
+epochs, weight decay 1e-5, label smoothing 0.1, EMA 0.9999, 350 epochs, RandAugment (2 ops,
+magnitude 9), bfloat16, drop-connect 0.2 → survival 0.8 per sample (inverted scaling,
+EfficientNet's r·i/N schedule).
 
 Argument: ``VARIANT[,runlocal]``, VARIANT one of ``VARIANTS`` (b0…b7, lite0…lite4: every
 ``efficientnet_*`` model of the registry). ``--config=efficientnet_b3[:runlocal]`` is resolved

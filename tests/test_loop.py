@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfsd
 from tests.helpers import apply_changes, tiny_config
 from tfsd import config_names
 from tfsd import data as data_lib
+from tfsd.training import evaluation as evaluation_lib
 from tfsd.training import loop as loop_lib
 from tfsd.training import run_dir
 from tfsd.training import summaries as summaries_lib
@@ -88,7 +90,7 @@ def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path):
         {"precision": "float16"},
         {"precision": "bfloat16", "ema_decay": 0.9},
         {"jit_compile": True},
-        {"model.sd_mode": "sample", "model.sd_scale_at": "train", "label_smoothing": 0.1},
+        {"model.sd_mode": "sample", "model.sd_scale_at": "train", "label_smoothing": 0.3},
         {"optimizer.name": "rmsprop", "lr.warmup_epochs": 0.5, "lr.schedule": "exponential"},
         {"optimizer.name": "adamw", "lr.base": 1e-3},
     ],
@@ -97,6 +99,57 @@ def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path):
 def test_train_variants_run_and_stay_finite(tmp_path, changes):
     result = loop_lib.train_and_evaluate(tiny_config(total_steps=2, **changes), str(tmp_path))
     assert result["step"] == 2 and np.isfinite(result["loss"])
+    if changes.get("label_smoothing"):
+        _assert_eval_loss_is_plain_cross_entropy(result, tmp_path, changes["label_smoothing"])
+
+
+def _assert_eval_loss_is_plain_cross_entropy(result, model_dir, smoothing):
+    """The loop's eval loss is the test loss: cross-entropy without the training's label
+    smoothing, equal to ``tfsd.evaluate``'s (issue 19, defect 11: the README says they agree).
+    Reference: the restored model's logits over the eval split, cross-entropy in NumPy."""
+    config = run_dir.load_run_config(str(model_dir))
+    model = tfsd.restore(str(model_dir), weights="raw")  # this run keeps no EMA
+    ds = data_lib.build_dataset(config.data, split="eval", global_batch_size=16,
+                                image_size=config.model.image_size)  # fmt: skip
+    plain, smoothed = [], []
+    for images, labels in ds:
+        logits = model(images, training=False).numpy().astype(np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        ce = -logp[np.arange(len(logp)), labels.numpy()]
+        plain += list(ce)
+        smoothed += list((1 - smoothing) * ce - smoothing * logp.mean(-1))
+    assert result["examples"] == len(plain)
+    assert result["loss"] == pytest.approx(np.mean(plain), rel=1e-5)
+    # The smoothed loss is told apart at that tolerance (after 2 steps the logits are nearly
+    # uniform, where the two nearly agree: 2e-4 relative measured with smoothing 0.1).
+    assert abs(np.mean(smoothed) - np.mean(plain)) > 1e-4 * np.mean(plain)
+    report = evaluation_lib.evaluate_run(str(model_dir), batch_size=7)
+    assert report["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        ({"batch_size": 512}, ValueError, "batch_size 512 exceeds the 256 training examples"),
+        ({"model.overrides.rule": "steep"}, ValueError, "steep"),
+        # The eval split is checked too: this failed with KeyError 'top1' after training.
+        ({"data.eval_drop_remainder": True}, ValueError, "drops every eval example"),
+        ({"init.source": "/nonexistent/w.h5"}, FileNotFoundError, "does not exist"),
+    ],
+    ids=["batch_over_data", "bad_rule", "eval_emptied", "missing_init"],
+)
+def test_a_failed_start_writes_nothing_to_model_dir(tmp_path, changes, error, match):
+    """Caught (issue 19, defect 9): config.json was written before the data, the model and the
+    eval split were checked, so after ``batch_size=512`` failed, rerunning with 16 failed with
+    ``CheckpointError ... batch_size: saved 512 → now 16`` though there was no checkpoint."""
+    model_dir = tmp_path / "run"
+    config = tiny_config(**{"data.synthetic_eval_size": 8, **changes})  # 8 < one batch of 16
+    with pytest.raises(error, match=match):
+        loop_lib.train_and_evaluate(config, str(model_dir))
+    assert not model_dir.exists()
+    # The corrected command is not held to the failed settings.
+    run_dir.check_or_write_config(tiny_config(), str(model_dir), write=False)
 
 
 @pytest.fixture(scope="module")

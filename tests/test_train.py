@@ -65,3 +65,19 @@ def test_run_dir_error_is_one_line_and_exit_code_1(tiny_run, tmp_path):
     assert code == 1 and err.startswith("tfsd.train: ") and "different config" in err
     assert "Traceback" not in err
     assert (model_dir / "config.json").read_text() == before
+
+
+def test_a_refused_config_is_one_line_and_leaves_model_dir_unwritten(tmp_path):
+    """Caught (issue 19, defect 9): the failed start wrote config.json first, so the corrected
+    command then failed with ``CheckpointError ... batch_size: saved 512 → now 16``. Config
+    errors print as ``tfsd.train: ...`` (no traceback), exit 1 and write nothing."""
+    model_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        train_cmd, *TINY_FLAGS, f"--model_dir={model_dir}", "--config.batch_size=512"
+    )
+    assert code == 1 and err.startswith("tfsd.train: batch_size 512 exceeds the 256 training")
+    assert "Traceback" not in err and not model_dir.exists()
+    code, _, err = run_cli(
+        train_cmd, *TINY_FLAGS, f"--model_dir={model_dir}", "--config.eval_every_steps=-5"
+    )
+    assert code == 1 and "eval_every_steps=-5 must be >= 0" in err and not model_dir.exists()

@@ -21,11 +21,45 @@ resolution, on the offline ``synthetic`` dataset, sized to train in a few minute
 
 from __future__ import annotations
 
+import difflib
+import inspect
+
 import ml_collections
+from ml_collections import config_dict
 
 from tfsd import data as data_lib
 from tfsd import distribute, models
 from tfsd.models import common
+
+
+class ConfigError(ValueError):
+    """An invalid training config, found before anything is written (``tfsd.train`` prints it
+    as one line)."""
+
+
+# The builder keyword arguments a config may set in ``model.overrides`` (``--config.model.
+# overrides.rule=linspace``), with their types: the ones docs/models.md and docs/layers.md
+# document. ml_collections accepts a command-line override only for a field that exists, so each
+# is declared as a typed placeholder (None = the builder's default, not passed to it); an unknown
+# key gets ml_collections' close-match error. ``depth`` is EfficientNet's depth multiplier.
+MODEL_OVERRIDES: dict[str, type] = {
+    # Stochastic depth (tfsd.models.common.SD_KEYWORDS; survival_prob, sd_mode and sd_scale_at
+    # are fields of config.model itself).
+    "rule": str,
+    "seed": int,
+    "sync_replicas": bool,
+    "sample_skip": bool,
+    "sample_skip_min_drop": float,
+    # Architecture.
+    "width": float,
+    "depth": float,
+    "dropout": float,
+    "mean": tuple,
+    "std": tuple,
+    "bn_momentum": float,
+    "bn_epsilon": float,
+    "zero_init_residual": bool,
+}
 
 # Fields added after runs were written: a config.json without them holds these values.
 NEW_FIELD_DEFAULTS = {
@@ -33,6 +67,7 @@ NEW_FIELD_DEFAULTS = {
     "init.skip": "",
     "init.freeze_steps": 0,
     "init.arch": "",
+    **{f"model.overrides.{k}": None for k in MODEL_OVERRIDES},
 }
 
 # Fields that may differ between a run and its resumption: they change how long a run goes and
@@ -44,7 +79,7 @@ RUN_LENGTH_FIELDS = (
     "keep_checkpoints",
     "eval_every_steps",
     "eval_steps",
-    "log_every_steps",
+    "log_every_steps",  # removed (see validate); still in older runs' config.json
     # The strategy is how a step is run, not what it computes: a run may resume on other
     # hardware (the global batch, and so every step's data, stays the same).
     "distribute.strategy",
@@ -72,7 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     # BatchNorm over the global batch (cross-replica): "auto" = on for EfficientNet with several
     # replicas (TPU recipe), off for ResNets; see tfsd.training.task.use_sync_bn.
     c.model.sync_bn = "auto"
-    c.model.overrides = ml_collections.ConfigDict()  # builder keyword arguments (width, ...)
+    # Builder keyword arguments (`MODEL_OVERRIDES`); None = the builder's default.
+    c.model.overrides = ml_collections.ConfigDict(
+        {k: config_dict.placeholder(t) for k, t in MODEL_OVERRIDES.items()}
+    )
     c.data = data_lib.default_config()
     c.batch_size = 128  # global, over all replicas
     c.num_epochs = 1.0  # the schedule's length
@@ -100,8 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0  # 0 = no EMA; else eval and export use the EMA weights
     c.precision = "float32"
     c.jit_compile = False  # XLA; off by default on CPU, where it is several times slower
-    c.steps_per_loop = 50  # training steps per host call (run-length field)
-    c.log_every_steps = 0  # 0 = after every host loop
+    # Training steps per host call (run-length field); also the train summary and log interval
+    # (shorter at checkpoint and eval boundaries), as Orbit's summary_interval defaults to it.
+    c.steps_per_loop = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.eval_every_steps = 0  # 0 = at the end only
@@ -128,12 +167,21 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first invalid field of a resolved config."""
+    """Raises `ConfigError` naming the first invalid field of a resolved config.
+
+    Checks what the config alone decides; what needs the dataset (its size against the batch)
+    is checked by `tfsd.training.loop.train_and_evaluate` before it writes anything.
+    """
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
-            raise ValueError(f"Invalid config: {msg}")
+            raise ConfigError(f"Invalid config: {msg}")
 
+    need(
+        "log_every_steps" not in c,
+        "log_every_steps was removed: train summaries and log lines are written after every "
+        "host loop, so steps_per_loop sets their interval",
+    )
     need(bool(c.model.name), "model.name is empty")
     need(c.model.image_size >= 8, f"model.image_size={c.model.image_size} must be >= 8")
     need(0.0 < c.model.survival_prob <= 1.0, "model.survival_prob must be in (0, 1]")
@@ -142,11 +190,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         c.model.sd_scale_at in ("inference", "train"), f"model.sd_scale_at={c.model.sd_scale_at!r}"
     )
     need(c.model.sync_bn in SYNC_BN, f"model.sync_bn={c.model.sync_bn!r} not in {SYNC_BN}")
+    _check_model_overrides(c, need)
     need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
     need(c.num_epochs > 0, f"num_epochs={c.num_epochs} must be > 0")
     need(c.total_steps >= 0, f"total_steps={c.total_steps} must be >= 0")
     need(c.optimizer.name in OPTIMIZERS, f"optimizer.name={c.optimizer.name!r} not in {OPTIMIZERS}")
+    need(0.0 <= c.optimizer.momentum < 1.0, "optimizer.momentum must be in [0, 1)")
+    need(0.0 <= c.optimizer.rho < 1.0, "optimizer.rho must be in [0, 1)")
+    need(c.optimizer.epsilon > 0, "optimizer.epsilon must be > 0")
     need(c.optimizer.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+    need(
+        c.optimizer.grad_clip_norm >= 0,
+        f"optimizer.grad_clip_norm={c.optimizer.grad_clip_norm} must be >= 0 (0 = no clipping)",
+    )
     need(c.lr.base > 0, "lr.base must be > 0")
     need(c.lr.schedule in LR_SCHEDULES, f"lr.schedule={c.lr.schedule!r} not in {LR_SCHEDULES}")
     need(c.lr.warmup_epochs >= 0, "lr.warmup_epochs must be >= 0")
@@ -155,17 +211,67 @@ def validate(c: ml_collections.ConfigDict) -> None:
         and all(0 < b < 1 for b in c.lr.step_boundaries),
         "lr.step_boundaries must be increasing fractions in (0, 1)",
     )
+    need(c.lr.step_factor > 0, f"lr.step_factor={c.lr.step_factor} must be > 0")
+    need(c.lr.decay_rate > 0, f"lr.decay_rate={c.lr.decay_rate} must be > 0")
+    # 0 used to become one step (lr × decay_rate after every step); a negative value raised
+    # the lr: both silently.
+    need(c.lr.decay_epochs > 0, f"lr.decay_epochs={c.lr.decay_epochs} must be > 0")
     need(0.0 <= c.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
     need(0.0 <= c.ema_decay < 1.0, "ema_decay must be in [0, 1)")
     need(c.precision in PRECISIONS, f"precision={c.precision!r} not in {PRECISIONS}")
     need(c.steps_per_loop >= 1, "steps_per_loop must be >= 1")
     need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1")
     need(c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+    # A negative interval made every host loop zero steps long: the loop evaluated forever.
+    need(
+        c.eval_every_steps >= 0,
+        f"eval_every_steps={c.eval_every_steps} must be >= 0 (0 = at the end only)",
+    )
+    need(c.eval_steps >= 0, f"eval_steps={c.eval_steps} must be >= 0 (0 = the whole split)")
     need(c.init.freeze_steps >= 0, "init.freeze_steps must be >= 0")
     need(
         c.distribute.strategy in STRATEGIES,
         f"distribute.strategy={c.distribute.strategy!r} not in {STRATEGIES}",
     )
+
+
+def model_overrides(c: ml_collections.ConfigDict) -> dict:
+    """The builder keyword arguments of ``c.model.overrides`` that are set (None = default)."""
+    return {k: v for k, v in c.model.overrides.to_dict().items() if v is not None}
+
+
+# Builder arguments that the training config sets elsewhere or that a trained classifier cannot
+# take, with what to do instead.
+_NOT_OVERRIDES = {
+    "survival_prob": "set model.survival_prob",
+    "sd_mode": "set model.sd_mode",
+    "sd_scale_at": "set model.sd_scale_at",
+    "sync_bn": "set model.sync_bn (auto | on | off)",
+    "resolution": "set model.image_size",
+    "include_top": "training needs the classifier head (export feature extractors instead)",
+    "pooling": "training needs the classifier head (export feature extractors instead)",
+}
+
+
+def _check_model_overrides(c: ml_collections.ConfigDict, need) -> None:
+    """Every set override is a keyword the model's builder takes (a Python config may add keys
+    the command line cannot), with a close match for a typo."""
+    try:
+        builder = models.get_builder(c.model.name)
+    except ValueError as e:  # the unknown-model error, with close matches
+        need(False, f"model.name: {e}")
+    params = inspect.signature(builder.func).parameters  # sd_builder keeps __wrapped__
+    taken = (set(params) | set(common.SD_KEYWORDS)) - {"name", "num_classes", "input_shape", "sd"}
+    taken -= set(_NOT_OVERRIDES)
+    for key in model_overrides(c):
+        need(key not in _NOT_OVERRIDES, f"model.overrides.{key}: {_NOT_OVERRIDES.get(key)}")
+        close = difflib.get_close_matches(key, sorted(taken), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        need(
+            key in taken,
+            f"model.overrides.{key}: {c.model.name}'s builder takes no such argument.{hint} "
+            f"It takes: {', '.join(sorted(taken))}.",
+        )
 
 
 def _check_arg(arg: str | None) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from tfsd import cli
+from tfsd import cli, config_lib
 from tfsd.training import loop, run_dir
 
 
@@ -35,7 +35,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config and --model_dir are required.")
     try:
         result = loop.train_and_evaluate(v["config"], v["model_dir"], v["data_dir"])
-    except run_dir.RunDirError as e:
+    except (run_dir.RunDirError, config_lib.ConfigError) as e:
+        # A run directory that cannot be resumed, or a config refused before anything was
+        # written: one line, no traceback.
         COMMAND.fail(e)
     print(json.dumps({"final_eval": result}))
 

@@ -24,7 +24,7 @@ from tfsd import data as data_lib
 from tfsd import models
 from tfsd.serving import publish, signatures, warmup
 from tfsd.serving.image_limits import ImageLimits
-from tfsd.serving.publish import ExportError, VersionTakenError
+from tfsd.serving.publish import ExportError
 from tfsd.serving.signatures import SIGNATURES
 from tfsd.training import run_dir
 

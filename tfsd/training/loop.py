@@ -67,6 +67,22 @@ def eval_dataset(task, data_dir: str | None = None) -> tuple[tf.distribute.Distr
     return task.strategy.distribute_datasets_from_function(dataset), steps
 
 
+def check_eval_split(config: ml_collections.ConfigDict, num_eval_examples: int) -> None:
+    """Refuses an eval split that yields no batch (it failed only after training, at the eval).
+
+    Runs that iterate the split (one input pipeline) lose only a partial last batch to
+    ``data.eval_drop_remainder``; the padded eval of `eval_dataset` keeps every other example.
+    """
+    if num_eval_examples < 1:
+        raise config_lib.ConfigError(f"The eval split of {config.data.name} holds no examples.")
+    if config.data.eval_drop_remainder and num_eval_examples < config.batch_size:
+        raise config_lib.ConfigError(
+            f"data.eval_drop_remainder=True drops every eval example: the split holds "
+            f"{num_eval_examples}, fewer than one batch of {config.batch_size}. Set it to False "
+            "or lower batch_size."
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
                        data_dir: str | None = None) -> dict[str, float]:  # fmt: skip
     """Trains ``config`` in ``model_dir`` (resuming from its latest checkpoint) and evaluates.
@@ -85,9 +101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     # The strategy first: MultiWorkerMirroredStrategy must exist before the runtime starts.
     strategy = distribute.get_strategy(config.distribute)
     chief = distribute.is_chief(strategy)
-    run_dir.check_or_write_config(
-        config, model_dir, write=chief, num_replicas=strategy.num_replicas_in_sync
-    )
+    # Nothing is written to model_dir until the config, data and model are validated: a
+    # config.json left by a failed start held the next attempt to the failed settings. Here
+    # only a resumed run's saved config is compared; it is written below, once all is built.
+    run_dir.check_or_write_config(config, model_dir, write=False)
     task = task_lib.build_task(config, data_dir, strategy)
     batch, size = config.batch_size, config.model.image_size
 
@@ -105,6 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
         logging.info("Initialized %d layers from %s.", len(loaded), config.init.source)
     step = int(task.step.numpy())
 
+    info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
+    check_eval_split(config, info.num_eval_examples)
     # The train stream starts at the restored step: a pure function of (seed, step).
     iterator = iter(
         strategy.distribute_datasets_from_function(
@@ -121,6 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
         )
     )
     eval_ds, eval_steps = eval_dataset(task, data_dir)
+    # All validated: the first write of config.json.
+    run_dir.check_or_write_config(
+        config, model_dir, write=chief, num_replicas=strategy.num_replicas_in_sync
+    )
 
     stop = tf.Variable(False, trainable=False, name="stop_requested")
     train_loop, eval_step = step_lib.make_train_loop(task, stop), step_lib.make_eval_fn(task)

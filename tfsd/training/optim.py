@@ -15,8 +15,9 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="tfsd")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then constant / step / exponential
-    (staircase, as the EfficientNet reference) / cosine decay over ``total_steps``."""
+    """Linear warm-up to ``peak`` over ``warmup_steps`` W (step s gets peak·(s + 1)/W), then
+    constant / step / exponential (staircase, as the EfficientNet reference) / cosine decay over
+    ``total_steps``."""
 
     def __init__(
         self,
@@ -47,7 +48,11 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             frac = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
             lr = 0.5 * self.peak * (1.0 + tf.cos(math.pi * frac))
         if self.warmup_steps > 0:
-            lr = tf.minimum(lr, self.peak * step / self.warmup_steps)
+            # ``step`` is the optimizer's count of steps already applied (0 at the first one).
+            # (step + 1) / W: the first step gets peak / W and step W − 1 the peak. The
+            # EfficientNet reference's global_step / W (and Model Garden's LinearWarmup from 0)
+            # spend the first step at lr = 0.
+            lr = tf.minimum(lr, self.peak * (step + 1.0) / self.warmup_steps)
         return lr
 
     def get_config(self):
@@ -115,7 +120,31 @@ def _loop_reduced(cls: type) -> type:
 _SGD = _loop_reduced(keras.optimizers.SGD)
 
 
-_RMSPROP = _loop_reduced(keras.optimizers.RMSprop)
+class _TF1RMSprop(keras.optimizers.RMSprop):
+    """Keras RMSprop with its mean-square slots starting at 1, as TF1's ``RMSPropOptimizer``.
+
+    The EfficientNet reference (tensorflow/tpu ``models/official/efficientnet/utils.py``,
+    ``build_optimizer``) trains with ``tf.train.RMSPropOptimizer(lr, 0.9, 0.9, 1e-3)``, whose
+    ``_create_slots`` initialises the "rms" slot with ones (read in the installed TF,
+    ``tf.compat.v1.train.RMSPropOptimizer._create_slots``; timm's ``RMSpropTF`` does the same).
+    Keras 3 starts it at 0 (``keras/src/optimizers/rmsprop.py``, ``build``): the first update
+    is then lr·g/sqrt(0.1·g² + eps), ≈ 3.2·lr·sign(g) once |g| ≳ 0.1 whatever its size, where
+    the reference's lr·g/sqrt(0.9 + 0.1·g² + eps) is ≈ lr·g for small gradients (g = 0.01: 0.31·lr
+    against 0.011·lr, 30× larger).
+    The update itself is the same in both (eps inside the square root, momentum on the scaled
+    gradient): with these slots the two agree step for step (tests/test_optim.py).
+    """
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for v in self._velocities:
+            if v is not None:  # None: a variable overwritten with its gradient (Keras)
+                v.assign(tf.ones(v.shape, v.dtype))
+
+
+_RMSPROP = _loop_reduced(_TF1RMSprop)
 
 
 _ADAMW = _loop_reduced(keras.optimizers.AdamW)
@@ -143,8 +172,7 @@ def make_optimizer(config, schedule, variables=None, step=None) -> keras.optimiz
     if o.name == "sgd":
         opt = _SGD(schedule, momentum=o.momentum, nesterov=o.nesterov)
     elif o.name == "rmsprop":
-        # Keras adds epsilon outside the square root, the TF1 reference inside; with eps = 1e-3
-        # the two differ only where the second moment is below ~1e-6.
+        # TF1 RMSProp, the EfficientNet reference's (`_TF1RMSprop`).
         opt = _RMSPROP(schedule, rho=o.rho, momentum=o.momentum, epsilon=o.epsilon)
     else:
         opt = _ADAMW(schedule, weight_decay=o.weight_decay, epsilon=o.epsilon)

@@ -104,8 +104,9 @@ def check_or_write_config(
                 "stopped (the global batch and the data stay the same).",
                 model_dir, recorded, num_replicas,
             )  # fmt: skip
+        # Both sides: a field a config deleted (del c.model.overrides["width"]) holds its default.
         a = {**config_lib.NEW_FIELD_DEFAULTS, **_flatten(saved)}
-        b = _flatten(current)
+        b = {**config_lib.NEW_FIELD_DEFAULTS, **_flatten(current)}
         diff = [
             f"  {k}: saved {a.get(k, '<missing>')!r} → now {b.get(k, '<missing>')!r}"
             for k in sorted(set(a) | set(b))

@@ -108,7 +108,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1) -> keras.Model:
     scope; variables (and so checkpoints) are float32 whatever the precision.
     """
     size = config.model.image_size
-    overrides = config.model.overrides.to_dict()
+    overrides = config_lib.model_overrides(config)  # the set ones
     overrides.setdefault("seed", config.seed)
     if use_sync_bn(config, num_replicas):
         overrides.setdefault("sync_bn", True)
@@ -133,7 +133,7 @@ def check_num_classes(config, dataset_classes: int) -> int:
     """
     wanted = config.model.num_classes
     if wanted and wanted < dataset_classes:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"model.num_classes={wanted} is smaller than the dataset's {dataset_classes} classes "
             f"({config.data.name}): labels >= {wanted} would have no logit. Use 0 (the "
             "dataset's count) or a value >= it."
@@ -148,7 +148,7 @@ def build_task(config, data_dir: str | None, strategy=None) -> Task:
     num_classes = check_num_classes(config, info.num_classes)
     steps_per_epoch = info.num_train_examples // config.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"batch_size {config.batch_size} exceeds the {info.num_train_examples} training "
             "examples: lower it or use more data."
         )
@@ -160,7 +160,7 @@ def build_task(config, data_dir: str | None, strategy=None) -> Task:
     strategy = strategy or distribute.get_strategy(config.distribute)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"batch_size {config.batch_size} (global) must be a multiple of the "
             f"{replicas} replicas."
         )
@@ -171,7 +171,7 @@ def build_task(config, data_dir: str | None, strategy=None) -> Task:
         and not isinstance(strategy, tf.distribute.TPUStrategy)
         and tf.config.list_logical_devices("GPU") == []
     ):
-        raise ValueError(
+        raise config_lib.ConfigError(
             "jit_compile=True with synchronized BatchNorm over several CPU replicas is not "
             "supported: MirroredStrategy's CPU all-reduce is a merge_call, which cannot run "
             "inside an XLA function. Set model.sync_bn=off or jit_compile=False."
