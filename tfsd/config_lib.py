@@ -28,7 +28,13 @@ from tfsd import distribute, models
 from tfsd.models import common
 
 # Fields added after runs were written: a config.json without them holds these values.
-NEW_FIELD_DEFAULTS = {"init.source": "", "init.skip": "", "init.freeze_steps": 0}
+NEW_FIELD_DEFAULTS = {
+    "init.source": "",
+    "init.skip": "",
+    "init.freeze_steps": 0,
+    "data.source_dir": "",
+    "data.accept_checksums": False,
+}
 
 # Fields that may differ between a run and its resumption: they change how long a run goes and
 # how it reports, never what one training step computes.
@@ -44,6 +50,9 @@ RUN_LENGTH_FIELDS = (
     # hardware (the global batch, and so every step's data, stays the same).
     "distribute.strategy",
     "distribute.tpu",
+    # Where a TFDS dataset is prepared from, once: the prepared data is what a step reads.
+    "data.source_dir",
+    "data.accept_checksums",
 )
 PRECISIONS = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
