@@ -20,6 +20,9 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         "ml-collections>=1.0,<2",
         "tensorflow-datasets>=4.9.9,<5",
+        # TFDS's dataset_builder imports it to prepare any dataset (download_and_prepare) but
+        # declares it only for Python < 3.9; without it tfsd-prepare fails on import.
+        "importlib_resources>=6,<8",
         "tensorboard>=2.21,<2.22",
         # PredictionLog / ModelServerConfig protos for warm-up files and models.config; the
         # same minor version as TensorFlow, as TF Serving releases are cut with it.
@@ -63,6 +66,7 @@ setuptools.setup(
             "tfsd-evaluate=tfsd.evaluate:run_main",
             "tfsd-predict=tfsd.predict:run_main",
             "tfsd-plot=tfsd.plot:run_main",
+            "tfsd-prepare=tfsd.prepare:run_main",
         ]
     },
 )

@@ -9,6 +9,11 @@ from tfsd import config_lib, config_names, models
 from tfsd import data as data_lib
 from tfsd.training import task as task_lib
 
+# runlocal modes that train on real data prepared offline (tests/test_fashion_mnist.py); every
+# other runlocal mode uses the synthetic data.
+REAL_DATA_RUNLOCAL = {"fashion_mnist_resnet20", "fashion_mnist_resnet56", "fashion_mnist_resnet110",
+                      "finetune_efficientnet_lite0"}  # fmt: skip
+
 
 def test_every_config_resolves_and_validates():
     names = config_names.available_configs()
@@ -22,7 +27,12 @@ def test_every_config_resolves_and_validates():
             c = config_names.load_config(spec)
             config_lib.validate(c)
             assert c.model.name
-        assert config_names.load_config(f"{name}:runlocal").data.name == "synthetic"
+        local = config_names.load_config(f"{name}:runlocal").data
+        if name in REAL_DATA_RUNLOCAL:
+            assert (local.name, local.accept_checksums) == ("fashion_mnist", True)
+            assert local.source_dir == "/usr/share/datasets/fashion-mnist"
+        else:
+            assert local.name == "synthetic"
     path = config_names.resolve_config_path("efficientnet_b0:runlocal")
     assert path.endswith("configs/efficientnet.py:b0,runlocal")  # the family file (see below)
 
@@ -51,9 +61,11 @@ def test_available_configs_are_the_files_and_the_efficientnet_family_variants():
     ``resnet50_b0`` … appeared as configs.
     """
     files = {"cifar10_resnet110", "cifar100_resnet110", "svhn_resnet152", "resnet50",
-             "resnet101", "resnet152", "finetune_efficientnet_b0"}  # fmt: skip
+             "resnet101", "resnet152", "finetune_efficientnet_b0",
+             "finetune_efficientnet_lite0"}  # fmt: skip
     family = {f"efficientnet_{v}" for v in EFFICIENTNET_RESOLUTIONS}
-    assert set(config_names.available_configs()) == files | family
+    fashion = {f"fashion_mnist_resnet{d}" for d in (20, 56, 110)}
+    assert set(config_names.available_configs()) == files | family | fashion
 
 
 @pytest.mark.parametrize(
@@ -111,6 +123,9 @@ def test_published_recipes():
 def test_every_config_builds_model_and_pipeline_under_runlocal(name):
     """Each config's own (shrunk) model and data pipeline, as ``runlocal`` trains them."""
     c = config_names.load_config(f"{name}:runlocal")
+    if name in REAL_DATA_RUNLOCAL:  # the model here; the real data in tests/test_fashion_mnist.py
+        c.data.name, c.data.source_dir, c.data.accept_checksums = "synthetic", "", False
+        c.data.cache = False
     c.data.synthetic_train_size = 64
     c.data.synthetic_eval_size = 16
     c.batch_size = 8

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import tfds_fixtures
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,6 +58,7 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
         "tfsd-evaluate",
         "tfsd-predict",
         "tfsd-plot",
+        "tfsd-prepare",
     )
     for script in scripts:
         assert (venv / "bin" / script).is_file(), script
@@ -102,3 +105,27 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     assert json.loads(export.stdout.strip().splitlines()[-1]) == {
         "exported": str(work / "exports" / "1")
     }
+
+    # TFDS preparation works from the install alone (issue 19, defect 12): TFDS's
+    # dataset_builder imports importlib_resources for download_and_prepare but declares it only
+    # for Python < 3.9, so tfsd must. The installed tfsd declares it, and its tfsd.prepare command
+    # prepares a small dataset (tests/tfds_fixtures.py's builder) from local files, offline.
+    requires = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.requires('tfsd'))"],
+        cwd=work, env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "importlib_resources" in requires, requires
+    tiny = work / "tiny"
+    tfds_fixtures.write_tiny_builder(tiny)
+    source = tfds_fixtures.write_source(tiny / "src", upstream=False)
+    prep = subprocess.run(
+        [str(python), "-c", "import sys, tfsd_tiny_files, tfsd.prepare as p; p.run_main(sys.argv)",
+         "--dataset=tfsd_tiny_files", f"--source_dir={source}", f"--data_dir={work / 'tfds'}",
+         "--accept_checksums"],
+        cwd=work, env={**env, "PYTHONPATH": str(tiny)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    record = json.loads(prep.stdout.strip().splitlines()[-1])
+    assert record["splits"]["train"]["num_examples"] == tfds_fixtures.NUM["train"]
+    assert (work / "tfds" / "tfsd_tiny_files" / "1.0.0" / "dataset_info.json").is_file()

@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tfsd"
 COMMANDS = {f"tfsd.{name}" for name in ("train", "export", "tflite", "evaluate", "predict",
-                                        "plot", "demo")}  # fmt: skip
+                                        "plot", "prepare", "demo")}  # fmt: skip
 # Third-party modules a function may import on first use (optional and slow to import).
 LAZY_ALLOWED = ("matplotlib", "google.cloud", "google.api_core")
 MAX_LINES = 500  # "about 500 lines": small modules, one concept each

@@ -68,6 +68,8 @@ NEW_FIELD_DEFAULTS = {
     "init.freeze_steps": 0,
     "init.arch": "",
     **{f"model.overrides.{k}": None for k in MODEL_OVERRIDES},
+    "data.source_dir": "",
+    "data.accept_checksums": False,
 }
 
 # Fields that may differ between a run and its resumption: they change how long a run goes and
@@ -84,6 +86,9 @@ RUN_LENGTH_FIELDS = (
     # hardware (the global batch, and so every step's data, stays the same).
     "distribute.strategy",
     "distribute.tpu",
+    # Where a TFDS dataset is prepared from, once: the prepared data is what a step reads.
+    "data.source_dir",
+    "data.accept_checksums",
 )
 PRECISIONS = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")

@@ -10,6 +10,8 @@ One concept per module, each importing only the ones above it in this list:
 * `tfsd.data.seeds`: stateless seed folding (every random draw is keyed on a position).
 * `tfsd.data.config`: the data config (``default_config``), its validation, `DatasetInfo`.
 * `tfsd.data.positions`: the stateless index streams of the sources that shuffle indices.
+* `tfsd.data.prepare`: prepares a TFDS dataset offline from a folder of its source files, with
+  an explicit checksum policy (TFDS's own builder; ``tfsd-prepare`` is its command).
 * `tfsd.data.synthetic`, `tfsd.data.folder`, `tfsd.data.tfds`: the three sources, each a module
   with ``resolve`` (config against data), ``elements`` (the shuffled, sharded cheap stream) and
   ``load`` (the per-example read).

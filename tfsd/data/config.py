@@ -21,7 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     # "synthetic" (offline, generated on the fly), a TFDS name (imagenet2012, cifar10, cifar100,
-    # svhn_cropped, imagenette, tf_flowers; a builder config may follow, e.g.
+    # svhn_cropped, imagenette, tf_flowers, fashion_mnist; a builder config may follow, e.g.
     # "imagenette/320px-v2"), or "folder:/abs/path" with one sub-folder of images per class.
     c.name = "synthetic"
     # Number of classes. None = the dataset's own (synthetic: 10). Synthetic generates any count;
@@ -56,6 +56,12 @@ def default_config() -> ml_collections.ConfigDict:
     # so the cache never reaches a checkpoint. Synthetic and folder sources reject it (nothing
     # to cache before the shuffle).
     c.cache = False
+    # TFDS only: a folder of the dataset's source files (TFDS's file names) to prepare it from,
+    # offline, when it is not prepared in data_dir (tfsd.data.prepare). "" = never prepare.
+    c.source_dir = ""
+    # ... and whether files whose size/sha256 differ from TFDS's registered ones are accepted
+    # (their decoded content is then validated, their checksums recorded next to the data).
+    c.accept_checksums = False
     # Eval: drop the last partial batch. Needed for static shapes (TPU/XLA); drops < B examples.
     c.eval_drop_remainder = False
     return c
@@ -130,6 +136,11 @@ def check_index_source(c: ml_collections.ConfigDict, what: str) -> None:
         raise ValueError(
             f"{what} has fixed 'train'/'eval' splits; leave train_split and eval_split unset "
             f"(got {c.train_split!r}, {c.eval_split!r})."
+        )
+    if c.source_dir or c.accept_checksums:
+        raise ValueError(
+            f"{what} is not prepared from source files; leave source_dir and accept_checksums "
+            f"unset (got {c.source_dir!r}, {c.accept_checksums!r})."
         )
     if c.cache:
         raise ValueError(

@@ -1,5 +1,8 @@
 """The TFDS source: prepared TensorFlow Datasets (ImageNet, CIFAR, SVHN...); never downloaded.
 
+A dataset not yet prepared is prepared offline from ``data.source_dir`` when that is set
+(`tfsd.data.prepare`: TFDS's own builder, an explicit checksum policy, ``data.accept_checksums``).
+
 Examples stay encoded until after the shuffle (cheap to shuffle and cache). SVHN gets no
 augmentation and trains on train+extra, the protocol of the stochastic-depth paper (Huang et al.,
 "Deep Networks with Stochastic Depth", ECCV 2016, arXiv:1603.09382). Each epoch is shuffled in
@@ -14,6 +17,7 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfsd.data import prepare
 from tfsd.data.config import DatasetInfo, DatasetNotPreparedError, Plan, auto
 from tfsd.data.seeds import SHUFFLE_TAG, fold, root_seed
 
@@ -38,6 +42,9 @@ SPECS = {
     "svhn_cropped": Spec("train+extra", "test", "none", False),
     # Imagenette ships train/validation only; "validation" is its held-out split.
     "imagenette": Spec("train", "validation", "inception", True),
+    # Fashion-MNIST: 28x28 greyscale, decoded to 3 equal channels; a mirrored garment keeps its
+    # class, so the CIFAR recipe (pad, crop, flip) applies as is (configs/fashion_mnist_*.py).
+    "fashion_mnist": Spec("train", "test", "cifar", True),
     # tf_flowers ships a single 3,670-image "train" split: hold out the last 10%.
     "tf_flowers": Spec("train[:90%]", "train[90%:]", "inception", True),
 }
@@ -52,8 +59,20 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
             f"https://image-net.org/, put them in {os.path.join(data_dir, 'downloads', 'manual')}/ "
             f"and run:\n  tfds build imagenet2012 --data_dir={data_dir}"
         )
+    if base in prepare.DEBIAN_SOURCES:
+        package, folder = prepare.DEBIAN_SOURCES[base]
+        return (
+            f"TFDS dataset {name!r} is not prepared in {data_dir!r}. Offline: "
+            f"`apt-get install {package}`, then train with --config.data.source_dir={folder} "
+            "--config.data.accept_checksums=true (the package's files differ from TFDS's "
+            "registered checksums; see docs/data.md), or prepare once with\n"
+            f"  tfsd-prepare --dataset={name} --source_dir={folder} --accept_checksums "
+            f"--data_dir={data_dir}"
+        )
     return (
-        f"TFDS dataset {name!r} is not prepared in {data_dir!r}. On a machine with internet "
+        f"TFDS dataset {name!r} is not prepared in {data_dir!r}. With its source files in a "
+        f"folder: tfsd-prepare --dataset={name} --source_dir=FOLDER --data_dir={data_dir} "
+        "(or --config.data.source_dir=FOLDER). On a machine with internet "
         f"access run:\n  tfds build {name} --data_dir={data_dir}\nthen copy the resulting "
         f"{base}/ folder into {data_dir} (or point data_dir at a gs:// bucket holding it). "
         "tfsd never downloads data itself."
@@ -64,6 +83,11 @@ def resolve(c: ml_collections.ConfigDict, data_dir: str | None) -> Plan:
     """The `Plan` of a validated TFDS config; reads the dataset's metadata from ``data_dir``."""
     spec = SPECS[c.name.split("/")[0]]
     builder = tfds.builder(c.name, data_dir=data_dir)
+    if not builder.is_prepared() and c.source_dir:
+        prepare.prepare(
+            c.name, c.source_dir, data_dir=data_dir, accept_checksums=c.accept_checksums
+        )
+        builder = tfds.builder(c.name, data_dir=data_dir)  # reads the prepared dataset's info
     if not builder.is_prepared():
         raise DatasetNotPreparedError(_not_prepared_message(c.name, str(builder.data_dir_root)))
     features = builder.info.features
