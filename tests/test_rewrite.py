@@ -147,9 +147,7 @@ def test_fold_and_keras_round_trips(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(loaded(x).numpy(), new(x).numpy())
     # Training outputs too: the gates depend on the seed, the name and the step only.
-    np.testing.assert_array_equal(
-        loaded(x, training=True).numpy(), new(x, training=True).numpy()
-    )
+    np.testing.assert_array_equal(loaded(x, training=True).numpy(), new(x, training=True).numpy())
 
 
 def test_training_step_skips_dropped_branch_under_tf_function():
