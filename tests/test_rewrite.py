@@ -176,6 +176,27 @@ def test_training_step_skips_dropped_branch_under_tf_function():
     assert min(norms[[k for k in names if "head/kernel" in k][0]]) > 0.0
 
 
+def test_mask_mode_trains_under_xla():
+    new = add_stochastic_depth(_handmade(), 0.5, mode="sample", sample_skip=False)
+    opt = keras.optimizers.SGD(0.01)
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = new(x, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, True))
+        grads = tape.gradient(loss, new.trainable_variables)
+        opt.apply_gradients(zip(grads, new.trainable_variables))
+        return loss
+
+    before = new.get_layer("head").kernel.numpy()
+    assert np.isfinite(float(step(_x(), tf.constant([0, 1, 2, 3]))))
+    assert not np.array_equal(new.get_layer("head").kernel.numpy(), before)
+    with pytest.raises(ValueError, match="XLA"):  # the skipping form is refused under XLA
+        skip = add_stochastic_depth(_handmade(), 0.5, mode="sample")
+        tf.function(lambda x: skip(x, training=True), jit_compile=True)(_x())
+
+
 def test_multi_io_nested_and_shared_layers():
     # A sub-model with a residual block, called on both inputs (shared), and a shared Dense.
     sub_in = keras.Input((6,))
@@ -215,3 +236,29 @@ def test_branch_used_outside_is_left_alone_and_refusals():
         add_stochastic_depth(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), 0.5)
     with pytest.raises(ValueError, match="sample_skip"):
         add_stochastic_depth(_handmade(), 0.5, mode="batch", sample_skip=True)
+
+
+class _NoConfig(keras.layers.Layer):
+    """A layer whose constructor argument get_config() does not return."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_hidden_graphs_reported_and_uncopyable_layer_refused_by_name():
+    inner_in = keras.Input((6,))
+    inner = keras.Model(inner_in, keras.layers.Add(name="hidden_add")([inner_in, inner_in]))
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.Sequential([inner, keras.layers.Dense(6)], name="seq")(inp))
+    new, report = add_stochastic_depth(model, 0.5, return_report=True)
+    assert report.skipped == (("hidden_add", "inside 'seq', whose graph is not inspected"),)
+    np.testing.assert_allclose(new(_x((2, 6))).numpy(), model(_x((2, 6))).numpy(), rtol=1e-6)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(6, name="h")(inp)
+    bad = keras.Model(inp, keras.layers.Add()([inp, _NoConfig(2.0, name="odd")(h)]))
+    with pytest.raises(ValueError, match="cannot copy layer 'odd'"):
+        add_stochastic_depth(bad, 0.5)

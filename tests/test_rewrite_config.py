@@ -46,28 +46,32 @@ def _graph_op_types(path: Path) -> list[str]:
 
 @pytest.mark.e2e
 def test_config_trains_exports_and_converts(tmp_path):
-    """keras_applications_MobileNetV2:runlocal, 4 steps, then the folded export and TFLite."""
+    """keras_applications_MobileNetV2:runlocal, 2 steps, then the folded export and TFLite."""
     from tfsd.serving import saved_model, tflite_export
     from tfsd.training import loop
 
     c = config_names.load_config("keras_applications_MobileNetV2:runlocal")
     c.model.survival_prob = 0.5  # batch-wise skipping in the 10 rewritten blocks
     c.batch_size = 8
-    c.total_steps = 4
+    c.total_steps = 2
     c.steps_per_loop = 2
-    c.checkpoint_every_steps = 4
+    c.checkpoint_every_steps = 2
     c.eval_steps = 1
     c.data.synthetic_train_size = 64
     c.data.synthetic_eval_size = 16
     result = loop.train_and_evaluate(c, str(tmp_path / "run"))
-    assert result["step"] == 4
+    assert result["step"] == 2
     version = Path(saved_model.export_run(str(tmp_path / "run"), str(tmp_path / "export")))
     ops = _graph_op_types(version)
     # Folded: no gate draw, no tf.cond around a branch, nothing of tfsd's stochastic depth.
     assert not [t for t in ops if "Random" in t or t in ("If", "StatelessIf", "Case")]
     out = tmp_path / "m.tflite"
     report = tflite_export.convert_and_verify(
-        str(version), str(out), model_dir=str(tmp_path / "run"), verify_images=8
+        str(version),
+        str(out),
+        model_dir=str(tmp_path / "run"),
+        calibration_steps=0,
+        verify_images=8,
     )
     assert out.is_file() and report["top1_agreement"] == 1.0
     assert json.loads(Path(tflite_export.report_path(str(out))).read_text())
