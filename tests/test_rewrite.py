@@ -239,14 +239,14 @@ def test_branch_used_outside_is_left_alone_and_refusals():
 
 
 class _NoConfig(keras.layers.Layer):
-    """A layer whose constructor argument get_config() does not return."""
+    """A layer taking a function: Keras cannot record it for get_config()."""
 
-    def __init__(self, scale, **kwargs):
+    def __init__(self, fn, **kwargs):
         super().__init__(**kwargs)
-        self.scale = scale
+        self.fn = fn
 
     def call(self, x):
-        return x * self.scale
+        return self.fn(x)
 
 
 def test_hidden_graphs_reported_and_uncopyable_layer_refused_by_name():
@@ -259,6 +259,6 @@ def test_hidden_graphs_reported_and_uncopyable_layer_refused_by_name():
     np.testing.assert_allclose(new(_x((2, 6))).numpy(), model(_x((2, 6))).numpy(), rtol=1e-6)
     inp = keras.Input((6,))
     h = keras.layers.Dense(6, name="h")(inp)
-    bad = keras.Model(inp, keras.layers.Add()([inp, _NoConfig(2.0, name="odd")(h)]))
+    bad = keras.Model(inp, keras.layers.Add()([inp, _NoConfig(tf.math.square, name="odd")(h)]))
     with pytest.raises(ValueError, match="cannot copy layer 'odd'"):
         add_stochastic_depth(bad, 0.5)
