@@ -29,6 +29,14 @@ update, on a fixed batch of random images with values in [0, 255] and random lab
   (target ≤ 0.97×) and with skipping only where the drop probability is ≥ 0.1; same loop, same
   batch (default 8 images at 128×128 to fit a 2-core CPU; ``--effnet-batch``/``--effnet-size``).
 
+* Stochastic depth added to keras.applications models (``tfsd.models.add_stochastic_depth``,
+  weights and graph otherwise the originals'), each side by side with its original:
+  ``keras.applications.ResNet50(weights=None)`` (no stochastic depth, the baseline) vs the same
+  model rewritten with batch-wise skipping, p_L = ``--final-survival`` (0.5) linear over its 16
+  blocks (batch ``--resnet50-batch``, default 8, at ``--resnet50-size``, default 128); and the
+  EfficientNet-B0 group above gains keras.applications' B0 rewritten with per-sample skipping at
+  its own drop-connect rates (0.2 · b / 16 for its 9 residual blocks b), against the same baseline.
+
 * The gate code alone: ``L`` layers' per-step gate work (replica fold, draw, compare, step and
   ``keep_rate`` writes) against one fused ``[L]`` draw per model step, and the ``keep_rate``
   writes alone, each net of an empty ``tf.function`` call: what fusing the draws would save.
@@ -80,7 +88,7 @@ import tensorflow as tf
 from keras.src.applications import efficientnet as keras_efficientnet  # the generic constructor
 
 from tfsd import layers as sd_layers
-from tfsd.models import common, create_model
+from tfsd.models import add_stochastic_depth, common, create_model
 from tfsd.models import resnet as tfsd_resnet
 
 # -------------------------------------------------------------------------------------------------
@@ -361,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effnet-batch", type=int, default=8, help="EfficientNet batch size")
     p.add_argument("--effnet-size", type=int, default=128, help="EfficientNet input resolution")
     p.add_argument("--skip-effnet", action="store_true", help="only the ResNet group")
+    p.add_argument("--resnet50-batch", type=int, default=8, help="keras ResNet50 batch size")
+    p.add_argument("--resnet50-size", type=int, default=128, help="keras ResNet50 resolution")
+    p.add_argument(
+        "--skip-rewrite", action="store_true", help="no keras.applications ResNet50 group"
+    )
     p.add_argument(
         "--effnet-scale",
         type=float,
@@ -377,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.rounds, args.warmup, args.repeats = 3, 2, 2, 1
         args.depth, args.effnet_batch, args.effnet_size = 20, 4, 64
+        args.resnet50_batch, args.resnet50_size = 4, 32
 
     keras.utils.set_random_seed(0)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -510,9 +524,40 @@ def main(argv: list[str] | None = None) -> int:
                 sample_skip=True,
                 sample_skip_min_drop=SKIP_MIN_DROP_EFFNET,
             ),
+            Variant(
+                "keras.applications EfficientNetB0 rewritten, sample skip",
+                "efficientnet",
+                # Its own rates (survival_prob=None): per-example gates, branches skipped.
+                add_stochastic_depth(base_b0),
+                args.effnet_batch,
+                s,
+                1000,
+                None,
+                "add_stochastic_depth: drop-connect Dropouts -> per-sample skip, same rates",
+            ),
         ]
         timed_interleaved(eff_variants, args.warmup, args.rounds, args.steps, args.repeats)
         groups.append((eff_variants, eff_variants[0]))
+
+    if not args.skip_rewrite:
+        s, b = args.resnet50_size, args.resnet50_batch
+        print(f"Building keras.applications ResNet50 variants (batch {b}, {s}x{s}) ...", flush=True)
+        base_r50 = keras.applications.ResNet50(
+            weights=None, classifier_activation=None, input_shape=(s, s, 3)
+        )
+        r50 = [
+            Variant(
+                "keras.applications ResNet50", "keras_resnet50", base_r50, b, s, 1000, None,
+                "baseline: no stochastic depth",
+            ),
+            Variant(
+                "keras.applications ResNet50 rewritten, batch skip", "keras_resnet50",
+                add_stochastic_depth(base_r50, survival_prob=pl, rule="linear", mode="batch"),
+                b, s, 1000, None, f"add_stochastic_depth: 16 blocks, p_L = {pl} linear, tf.cond",
+            ),
+        ]  # fmt: skip
+        timed_interleaved(r50, args.warmup, args.rounds, args.steps, args.repeats)
+        groups.append((r50, r50[0]))
 
     # The issue's targets are stated for ResNet-110 at batch 64 with p_L = 0.5 and for B0 at a
     # real size; other settings (--quick, other depths) are measured but not judged.
@@ -520,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         "resnet": not args.quick
         and (args.depth, args.batch, args.final_survival) == (110, 64, 0.5),
         "efficientnet": not args.quick and args.effnet_scale == 1.0,
+        "keras_resnet50": False,  # no target: measured
     }
     print("Timing the gate code alone (per-layer draws vs one fused draw) ...", flush=True)
     num_sd = len(res_variants[-1].sd)
@@ -560,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({machine['affinity_cpus']} usable), TF {machine['tensorflow']}, "
         f"Keras {machine['keras']}",
         f"{rn} batch {args.batch} 32x32; EfficientNet-B0 batch {args.effnet_batch} "
-        f"{args.effnet_size}x{args.effnet_size}; {args.repeats} repeat(s) of {args.rounds} "
+        f"{args.effnet_size}x{args.effnet_size}; keras ResNet50 batch {args.resnet50_batch} "
+        f"{args.resnet50_size}x{args.resnet50_size}; {args.repeats} repeat(s) of {args.rounds} "
         f"rounds x {args.steps} steps interleaved, median; {load}",
         "",
         "| variant | ms/step (median) | p25-p75 | ratio | ratio per repeat | target | pass |",

@@ -23,6 +23,7 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
     flags = ["--depth=8", "--batch=8", "--rounds=1", "--steps=2", "--warmup=1", "--repeats=1",
              "--effnet-batch=2", "--effnet-size=32", "--effnet-scale=0.5",
+             "--resnet50-batch=2", "--resnet50-size=32",
              f"--output={out}"]  # fmt: skip
     assert bench.main(flags) == 0
     printed = capsys.readouterr().out
@@ -39,6 +40,9 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
         "tfsd efficientnet_b0",
         "tfsd efficientnet_b0 sample skip",
         "tfsd efficientnet_b0 sample skip, drop ≥ 0.1",
+        "keras.applications EfficientNetB0 rewritten, sample skip",
+        "keras.applications ResNet50",
+        "keras.applications ResNet50 rewritten, batch skip",
     ]
     for row in result["rows"]:
         assert row["n_steps"] == len(row["step_ms"]) == 2 and row["median_ms"] > 0
@@ -64,6 +68,12 @@ def test_stochastic_depth_speed_runs_and_writes_json(tmp_path, capsys):
     assert (selective["num_sd_layers"], selective["sample_skip_layers"]) == (3, 2)
     assert by_name["ResNet-8 tfsd sample skip"]["sample_skip_layers"] == 3
     assert by_name["ResNet-8 tfsd sample mask"]["sample_skip_layers"] == 0
+    # add_stochastic_depth rows: ResNet50's 16 blocks in batch mode, B0's own blocks skipping.
+    r50 = by_name["keras.applications ResNet50 rewritten, batch skip"]
+    assert r50["num_sd_layers"] == 16 and r50["sample_skip_layers"] == 0 and r50["pass"] is None
+    assert by_name["keras.applications ResNet50"]["ratio"] == 1.0
+    b0_rw = by_name["keras.applications EfficientNetB0 rewritten, sample skip"]
+    assert b0_rw["sample_skip_layers"] == b0_rw["num_sd_layers"] > 0
     gates = result["gate_overhead"]
     assert gates["num_blocks"] == 3 and gates["per_layer_ms"] > 0 and gates["fused_ms"] > 0
     assert len(result["load_average_before"]) == 3 and "load average" in printed
