@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 from tfsd import data as data_lib
+from tfsd import models
 from tfsd.serving import predict as predict_lib
 from tfsd.serving import saved_model
 from tfsd.training import evaluation, run_dir
@@ -98,3 +99,25 @@ def test_evaluate_and_predict_use_the_checkpoint_statistics(retuned, tmp_path):
 
     predictions = predict_lib.predict_run(str(run), paths, top_k=3)
     _check_top(predictions, expected, ["blue", "green", "red"])
+
+
+def test_ema_swap_switches_the_statistics_in_use():
+    """The EMA swap (eval with EMA weights during training) exchanges Normalization variables
+    too; the model must then use them, and the raw ones again after the swap back."""
+
+    model = models.create_model("test_resnet", num_classes=3, input_shape=(16, 16, 3))
+    ema = task_lib.EMA(model, 0.9)
+    norm = model.get_layer("normalization")
+    paths = {norm.adapt_mean.path: MEAN, norm.adapt_variance.path: np.square(STD)}
+    for shadow, source in zip(ema.shadows, ema.sources, strict=True):
+        if source.path in paths:
+            shadow.assign(paths[source.path])
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    raw = np.asarray(model(images, training=False))
+    ema.swap()
+    swapped = np.asarray(model(images, training=False))
+    norm.finalize_state()  # what the model computes with the variables it now holds
+    np.testing.assert_allclose(swapped, np.asarray(model(images, training=False)), atol=1e-6)
+    assert np.abs(swapped - raw).max() > 0.05
+    ema.swap()
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), raw, atol=1e-6)

@@ -439,6 +439,16 @@ def test_channel_zero_pad_config_round_trip():
     np.testing.assert_array_equal(clone(x)[..., 2:], 0)
     with pytest.raises(ValueError, match="cannot pad"):
         resnet.ChannelZeroPad(1)(x)
+    # akamaster's placement: pad // 2 zero channels before, the rest after.
+    symmetric = resnet.ChannelZeroPad(6, "symmetric", name="sym")
+    config = symmetric.get_config()
+    assert config["placement"] == "symmetric"
+    y = resnet.ChannelZeroPad.from_config(config)(x)
+    np.testing.assert_array_equal(y[..., 2:4], x)
+    np.testing.assert_array_equal(y[..., :2], 0)
+    np.testing.assert_array_equal(y[..., 4:], 0)
+    with pytest.raises(ValueError, match="placement"):
+        resnet.ChannelZeroPad(6, "before")
 
 
 # -------------------------------------------------------------------------------------------------

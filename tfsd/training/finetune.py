@@ -87,6 +87,12 @@ def initialize_from(config, model: keras.Model, data_dir: str | None = None) -> 
             return copy_weights_by_path(source, model, skip)
         return models.load_pretrained(model, source, skip_layers=skip)
     # Every other file: keras.applications .h5, .safetensors, PyTorch .pth/.pt/.bin.
+    suffixes = models.pretrained.KERAS_SUFFIXES + models.pretrained.STATE_DICT_SUFFIXES
+    if not path.endswith(suffixes):
+        raise ValueError(
+            f"init.from: {path} is not a run directory, a checkpoint prefix, or a weights file "
+            f"({', '.join(suffixes)}; docs/import_matrix.md)."
+        )
     options = {"skip_layers": skip}
     arch = str(config.init.get("arch", "") or "")
     if arch:
