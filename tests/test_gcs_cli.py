@@ -1,11 +1,11 @@
 """Every command on gs:// through TF's own GCS client, against a GCS emulator (`gcs` fixture).
 
-One run is made once for the module: a real prepared TFDS ``cifar10`` (tiny TFRecords written
-locally, then copied up) read from ``--data_dir=gs://…``, a
-``tfsd.train`` process with ``--model_dir=gs://…`` killed with SIGKILL after its first checkpoint,
-then, in one fresh process, an uninterrupted run and the killed run's resume to the same step.
-Export, TFLite, evaluate and predict then run in-process (`run_cli`) on that gs:// run, writing
-to gs://. On Cloud this is the whole path of docs/cloud_tpu.md but the TPU.
+One test, one run: a real prepared TFDS ``cifar10`` (tiny TFRecords written locally, then copied
+up) read from ``--data_dir=gs://…``, a ``tfsd.train`` process with ``--model_dir=gs://…`` killed
+with SIGKILL after its first checkpoint, then, in one fresh process, an uninterrupted run and
+the killed run's resume to the same step. Export, TFLite, evaluate and predict then run
+in-process (`run_cli`) on that gs:// run, writing to gs://. On Cloud this is the whole path of
+docs/cloud_tpu.md but the TPU.
 """
 
 import json
@@ -126,9 +126,8 @@ class GcsRun(NamedTuple):
     resume_log: str
 
 
-@pytest.fixture(scope="module")
-def gcs_run(gcs, tmp_path_factory) -> GcsRun:
-    local = tmp_path_factory.mktemp("tfds")
+def _train_kill_and_resume(gcs, tmp_path: Path) -> GcsRun:
+    local = tmp_path / "tfds"
     _write_cifar10(local, {"train": [24, 24], "test": [12]})
     data_dir = gcs.url("tfds")
     _copy_up(local, data_dir)
@@ -160,8 +159,15 @@ def gcs_run(gcs, tmp_path_factory) -> GcsRun:
     return GcsRun(killed, straight, data_dir, target, child.stderr)
 
 
-def test_train_on_gcs_resumes_bit_identically_after_sigkill(gcs_run):
-    run = gcs_run
+def test_every_command_on_gcs(gcs, tmp_path):
+    """One test, not several sharing a fixture: under xdist the tests of one module may run in
+    two workers, each with its own emulator, and would train twice."""
+    run = _train_kill_and_resume(gcs, tmp_path)
+    _check_resume(run)
+    _check_commands(gcs, run)
+
+
+def _check_resume(run: GcsRun) -> None:
     assert f"Resumed from {run.killed}" in run.resume_log  # the second run continued the first
     a = tf.train.load_checkpoint(f"{run.killed}/checkpoints/ckpt-{run.step}")
     b = tf.train.load_checkpoint(f"{run.straight}/checkpoints/ckpt-{run.step}")
@@ -176,8 +182,8 @@ def test_train_on_gcs_resumes_bit_identically_after_sigkill(gcs_run):
     assert tf.io.gfile.glob(f"{run.killed}/train/events.out.tfevents.*")
 
 
-def test_export_tflite_evaluate_and_predict_read_and_write_gcs(gcs, gcs_run):
-    run, base = gcs_run, gcs.url("exports", "cifar")
+def _check_commands(gcs, run: GcsRun) -> None:
+    base = gcs.url("exports", "cifar")
     data = f"--data_dir={run.data_dir}"
     code, out, err = run_cli(export_cmd, f"--model_dir={run.killed}", f"--export_dir={base}", data)
     assert code == 0, err[-3000:]

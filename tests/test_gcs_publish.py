@@ -84,8 +84,8 @@ def _seed(version_dir: str) -> int:
 def test_concurrent_exporters_publish_distinct_complete_versions(gcs, tmp_path, saved_models):
     """Caught on gs://: 4 exporters racing for one number all reported version 1 (each copy
     landed on the others'; the loser's cleanup could delete the whole directory); locally the
-    models.config rename raised AlreadyExistsError after the version was live (and a 4th
-    exporter fails after 3 lost renames). Each process publishes to the gs:// base, then to the
+    models.config rename raised AlreadyExistsError after the version was live (and the old
+    3-try loop could run out with 4 racers). Each process publishes to the gs:// base, then to the
     local one, each time together with the others."""
     bases = [gcs.url("race", "model"), str(tmp_path / "model")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))

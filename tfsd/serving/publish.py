@@ -109,7 +109,9 @@ def _gcs_blob(path: str):
     from google.cloud import storage
 
     bucket, _, name = path[len("gs://") :].partition("/")
-    return storage.Client().bucket(bucket).blob(name)
+    # project=None: object operations need no project, so credentials without one (a user's
+    # ADC) work too (google/cloud/storage/client.py: an explicit None means "no project").
+    return storage.Client(project=None).bucket(bucket).blob(name)
 
 
 def _gcs_create(path: str, data: bytes) -> bool:
