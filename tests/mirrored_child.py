@@ -5,6 +5,7 @@ of earlier MirroredStrategy tests in one process can share instance keys with la
 one ``RESULT {json}`` line with every measurement; the test asserts on them.
 """
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -97,13 +98,20 @@ def sync_bn_statistics():
 
 
 def per_replica_gates_and_bn_average(steps=4):
-    """Batch-mode gates without sync BN: replicas draw their own; BN stats agree after a step."""
-    c = tiny_config(**{"model.survival_prob": 0.5})
+    """Batch-mode gates without sync BN: replicas draw their own; BN stats agree after a step.
+
+    The run keeps an EMA, and the first call's trace is where `count_collectives` counts.
+    """
+    c = tiny_config(ema_decay=0.9, **{"model.survival_prob": 0.5})
     task, it = task_and_iterator(c, MIRRORED)
-    loop = step_lib.make_train_loop(task)
+    loop = step_lib.make_train_loop(task, tf.Variable(False))
     keeps = []  # [step][layer][replica]
-    for _ in range(steps):
-        loop(it, tf.constant(1))
+    for i in range(steps):
+        if i == 0:
+            with count_collectives() as counts:
+                loop(it, tf.constant(1))
+        else:
+            loop(it, tf.constant(1))
         keeps.append(
             [[float(v.numpy()) for v in lay.keep_rate.value.values] for lay in task.sd_layers]
         )
@@ -113,7 +121,19 @@ def per_replica_gates_and_bn_average(steps=4):
         spread = max(spread, float(np.max(np.abs(a - b))))
     differ = sum(k[0] != k[1] for step in keeps for k in step)
     sync = [lay.sync_replicas for lay in task.sd_layers]
-    return {"gate_pairs_that_differ": differ, "bn_replica_spread": spread, "sync": sync}
+    shadows = [[x.numpy() for x in s.value.values] for s in task.ema.shadows]
+    counts.update(
+        trainable=len(task.model.trainable_variables),
+        sd_layers=len(task.sd_layers),
+        ema_shadows=len(task.ema.shadows),
+        ema_replicas_agree=all(np.array_equal(a, b) for a, b in shadows),
+        ema_moved=any(
+            not np.array_equal(s.numpy(), v.numpy())
+            for s, v in zip(task.ema.shadows, task.ema.sources)
+        ),
+    )
+    return {"gate_pairs_that_differ": differ, "bn_replica_spread": spread, "sync": sync,
+            "collectives": counts}  # fmt: skip
 
 
 def sync_bn_batch_mode_trains(steps=2):
@@ -213,49 +233,34 @@ def replica_dropout():
     return masks
 
 
-def collectives_per_step():
-    """Cross-replica reductions and updates that one traced call of the train loop makes.
+@contextlib.contextmanager
+def count_collectives():
+    """Counts the cross-replica reductions and updates made while tracing (a dict, filled).
 
     Counted where MirroredStrategy routes them (``MirroredExtended._reduce_to`` for
     ``strategy.reduce`` and sync-on-read reads, ``_batch_reduce_to`` for every replica-context
     ``all_reduce``, ``_update`` for every cross-replica variable update;
-    ``tensorflow/python/distribute/mirrored_strategy.py``). The loop body is traced once, so
-    these are the per-step counts (plus the per-call stop check, local here).
+    ``tensorflow/python/distribute/mirrored_strategy.py``). A train loop's body is traced once:
+    these are per-step counts, plus the per-call stop check (local in one process).
     """
-    c = tiny_config(ema_decay=0.9, **{"model.survival_prob": 0.5})
-    task, it = task_and_iterator(c, MIRRORED)
     ext, counts = MIRRORED.extended, {"reduce": 0, "update": 0}
+    hooks = (("_reduce_to", "reduce"), ("_batch_reduce_to", "reduce"), ("_update", "update"))
+    originals = {name: getattr(ext, name) for name, _ in hooks}
 
-    def counting(name, key):
-        original = getattr(ext, name)
-
+    def counting(original, key):
         def wrapper(*args, **kwargs):
             counts[key] += 1
             return original(*args, **kwargs)
 
-        setattr(ext, name, wrapper)
-        return original
+        return wrapper
 
-    hooks = (("_reduce_to", "reduce"), ("_batch_reduce_to", "reduce"), ("_update", "update"))
-    originals = {name: counting(name, key) for name, key in hooks}
+    for name, key in hooks:
+        setattr(ext, name, counting(originals[name], key))
     try:
-        out = step_lib.make_train_loop(task, tf.Variable(False))(it, tf.constant(2))
+        yield counts
     finally:
         for name, original in originals.items():
             setattr(ext, name, original)
-    shadows = [[float(np.sum(x.numpy())) for x in s.value.values] for s in task.ema.shadows]
-    return {
-        **counts,
-        "steps": float(out["steps"]),
-        "trainable": len(task.model.trainable_variables),
-        "sd_layers": len(task.sd_layers),
-        "ema_shadows": len(task.ema.shadows),
-        "ema_replicas_agree": all(a == b for a, b in shadows),
-        "ema_moved": any(
-            not np.array_equal(s.numpy(), v.numpy())
-            for s, v in zip(task.ema.shadows, task.ema.sources)
-        ),
-    }
 
 
 if __name__ == "__main__":
@@ -268,7 +273,6 @@ if __name__ == "__main__":
         "jit_efficientnet": lambda: jit_compiled("efficientnet"),
         "eval_sizes": eval_split_sizes,
         "dropout": replica_dropout,
-        "collectives": collectives_per_step,
     }
     result, seconds = {}, {}
     for key, check in checks.items():

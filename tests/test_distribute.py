@@ -97,7 +97,11 @@ def test_mirrored_two_replicas_match_one_device_and_keep_replicas_consistent():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    r = json.loads(line[len("RESULT ") :])
+    _check_mirrored(json.loads(line[len("RESULT ") :]))
+
+
+def _check_mirrored(r):
+    """The assertions on tests/mirrored_child.py's RESULT (a function: checkable on a saved one)."""
     one = r["one_step"]
     # The step moved weights by ~2e-3 (clipped to norm 0.05 at lr 0.1); replicas agree to 1e-4.
     assert one["max_update"] > 1e-3 and one["max_diff"] < 1e-4, one
@@ -123,6 +127,15 @@ def test_mirrored_two_replicas_match_one_device_and_keep_replicas_consistent():
     drop = r["dropout"]
     assert not drop["tfsd"]["same"] and drop["keras"]["same"], drop
     assert all(0.25 <= k <= 0.75 for k in drop["tfsd"]["kept"]), drop  # 64 draws, p=.5: 4 sigma
+    # Collectives of one traced step (2 replicas, 3 stochastic-depth layers, EMA on): gradients,
+    # BN statistics, and one vector (metrics, stop flag, keep rates); cross-replica updates are
+    # the optimizer's (one per trainable variable), its iteration count and the step counter,
+    # none for the 39 EMA shadows. The old loop (measured): 11 reductions (gradients, BN, 3
+    # metrics, 3 keep-rate reads, 3 more in the post-loop finite check) and 64 updates (+39).
+    col = r["gates"]["collectives"]
+    assert col["sd_layers"] == 3 and col["ema_shadows"] == 39, col
+    assert col["reduce"] == 3 and col["update"] == col["trainable"] + 2, col
+    assert col["ema_replicas_agree"] and col["ema_moved"], col
 
 
 # -------------------------------------------------------------------------------------------------
@@ -158,7 +171,8 @@ class _Worker:
             "--config.model.name=test_resnet",  # the tiny registered model (tiny_config's)
             "--config.model.image_size=16",
             "--config.data.synthetic_train_size=256",
-            "--config.data.synthetic_eval_size=64",
+            # 40 = 2.5 global batches: each worker's pipeline holds 20 (2.5 of its batches of 8).
+            "--config.data.synthetic_eval_size=40",
             "--config.batch_size=16",
             "--config.deterministic=True",
             "--config.distribute.strategy=multi_worker_mirrored",
@@ -216,6 +230,9 @@ def test_multi_worker_two_processes_train_save_stop_and_resume(tmp_path):
     a, b = (_final(w) for w in workers)
     assert a["step"] == b["step"] == 4
     assert a["weights_digest"] == b["weights_digest"]  # both workers hold the same weights
+    # Eval counts every example on both workers (the last global batch padded with weight-0
+    # examples); the old loop evaluated floor(20 / 8) = 2 full batches per worker: 32 of 40.
+    assert a["examples"] == b["examples"] == 40 and a["top1"] == b["top1"], (a, b)
     # Only the chief wrote: one config, one event file per summary directory, one checkpoint set.
     assert sorted(p.name for p in model_dir.iterdir()) == ["checkpoints", "config.json", "eval",
                                                            "train"]  # fmt: skip

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import keras
 import ml_collections
@@ -38,7 +39,7 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
-def eval_dataset(task, data_dir: str | None = None) -> tuple[tf.distribute.DistributedDataset, int]:
+def eval_dataset(task: task_lib.Task, data_dir: str | None = None) -> tuple[Any, int]:
     """The distributed eval split and its step count: every example, full batches, every worker.
 
     The split is covered by ``steps`` full global batches (`step.eval_batches_per_pipeline`);

@@ -46,6 +46,7 @@ def bn_moving_stats(model: keras.Model) -> list:
 # The per-step numbers every replica contributes to the one fused all-reduce of a step, in order;
 # the stochastic-depth keep rates (one per layer) follow them.
 STEP_SUMS = ("loss", "top1", "examples", "stop")
+EVAL_SUMS = ("loss", "top1", "top5", "examples")  # the eval step's vector
 
 
 def make_train_loop(task: Task, stop: tf.Variable | None = None):
@@ -224,11 +225,8 @@ def make_eval_fn(task: Task):
     strategy, model = task.strategy, task.model
 
     def replica_eval(images, labels, weights=None):
-        return _eval_sums(eval_batch(model, images, labels, task.num_classes, weights)[0])
-
-    def _eval_sums(sums):
-        # One vector, one all-reduce (not one per metric).
-        return tf.stack([sums[k] for k in EVAL_SUMS])
+        sums = eval_batch(model, images, labels, task.num_classes, weights)[0]
+        return tf.stack([sums[k] for k in EVAL_SUMS])  # one vector: one reduction per step
 
     def _unpack(vector):
         return {k: vector[i] for i, k in enumerate(EVAL_SUMS)}
@@ -248,9 +246,6 @@ def make_eval_fn(task: Task):
 
     eval_step.loop = eval_loop
     return eval_step
-
-
-EVAL_SUMS = ("loss", "top1", "top5", "examples")
 
 
 def eval_batches_per_pipeline(task: Task, num_eval_examples: int) -> tuple[int, int]:
