@@ -172,7 +172,8 @@ def decode_batch(
         return i, image, status
 
     ds = tf.data.Dataset.from_tensor_slices((tf.range(n), inputs))
-    ds = ds.map(one, num_parallel_calls=DECODE_PARALLELISM, deterministic=False)
+    # Deterministic: rows come out in order, so a batch with no bad image needs no scatter.
+    ds = ds.map(one, num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
     # An example whose decoding raised (corrupt data past a valid header) is dropped here; its
     # row stays UNDECODABLE below. A sentinel row keeps the batch non-empty.
     ds = ds.ignore_errors()
@@ -180,12 +181,18 @@ def decode_batch(
         tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), zeros, tf.constant(OK)))
     )
     index, images, status = ds.batch(2**31 - 1).get_single_element()
-    keep = index >= 0
-    rows = tf.boolean_mask(index, keep)[:, None]
-    images = tf.scatter_nd(
-        rows, tf.boolean_mask(images, keep), tf.concat([[n], tf.constant(image_shape, tf.int64)], 0)
-    )
-    # Status + 1 scattered over zeros, so a row nobody wrote reads UNDECODABLE.
-    written = tf.scatter_nd(rows, tf.boolean_mask(status, keep) + 1, [n])
-    status = tf.where(written > 0, written - 1, UNDECODABLE)
+
+    def all_rows():  # nothing dropped: rows 0..n-1 in order, then the sentinel
+        return images[:-1], status[:-1]
+
+    def scatter():
+        keep = index >= 0
+        rows = tf.boolean_mask(index, keep)[:, None]
+        shape = tf.concat([[n], tf.constant(image_shape, tf.int64)], 0)
+        out = tf.scatter_nd(rows, tf.boolean_mask(images, keep), shape)
+        # Status + 1 scattered over zeros, so a row nobody wrote reads UNDECODABLE.
+        written = tf.scatter_nd(rows, tf.boolean_mask(status, keep) + 1, [n])
+        return out, tf.where(written > 0, written - 1, UNDECODABLE)
+
+    images, status = tf.cond(tf.equal(tf.size(index, tf.int64), n + 1), all_rows, scatter)
     return images, tf.equal(status, OK), status
