@@ -479,6 +479,10 @@ def _abandoned_tmp_dirs(base: Path) -> dict[str, Path]:
         if owner is not None:
             Path(str(d) + publish_lib.OWNER_SUFFIX).write_text(json.dumps(owner))
         dirs[case] = d
+    # A crash between writing the owner file and creating the directory.
+    dirs["dead_owner_only"] = base / f"{publish_lib.TMP_PREFIX}dead_owner_only"
+    owner_only = Path(str(dirs["dead_owner_only"]) + publish_lib.OWNER_SUFFIX)
+    owner_only.write_text(json.dumps(owners["dead"]))
     return dirs
 
 
@@ -501,7 +505,8 @@ def test_keras_file_export_matches_the_saved_model(exported, tmp_path):
     ref = _reference(model, None, images=images)
     assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5
     assert "class_names" not in out  # no names were given
-    assert not stale["dead"].exists() and not Path(str(stale["dead"]) + ".owner").exists()
+    for case in ("dead", "dead_owner_only"):
+        assert not stale[case].exists() and not Path(str(stale[case]) + ".owner").exists()
     assert all(stale[case].is_dir() for case in ("running", "other_host", "no_owner"))
     left = sorted(n for n in os.listdir(tmp_path / "base") if n.startswith(publish_lib.TMP_PREFIX))
     assert left == sorted(
