@@ -103,8 +103,8 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     )  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     assert json.loads(export.stdout.strip().splitlines()[-1]) == {
-        "exported": str(work / "exports" / "1")
-    }
+        "exported": str(work / "exports" / "1"), "export_base": str(work / "exports"),
+    }  # fmt: skip
 
     # TFDS preparation works from the install alone (issue 19, defect 12): TFDS's
     # dataset_builder imports importlib_resources for download_and_prepare but declares it only

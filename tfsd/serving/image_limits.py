@@ -1,15 +1,18 @@
 """Bounded, per-example decoding of encoded images inside the serving signatures.
 
-Two promises of ``serving_bytes`` / ``serving_examples`` (``docs/serving.md``, "Bad images"):
+Two promises of ``serving_bytes`` / ``serving_examples`` (``docs/serving.md``, "Limits and bad
+images"):
 
 * **Every request is bounded.** An image is refused, before it is decoded, when its encoded size
   exceeds ``max_bytes`` or its header's width × height exceeds ``max_pixels`` (the header is read
-  with `tf.image.extract_jpeg_shape` for JPEG and from the fixed header fields of PNG (IHDR), GIF
-  (logical screen) and BMP (BITMAPINFOHEADER)). Formats other than these four are refused too:
-  their size cannot be read before decoding. At most `DECODE_PARALLELISM` images of a request
-  are decoded at once, each to uint8 (the float cast comes after the crop/resize, in
-  `tfsd.data.transforms`), so a request holds at most about ``DECODE_PARALLELISM × 2 ×
-  max_pixels × 3`` bytes of decoded pixels (image and crop).
+  with `tf.image.extract_jpeg_shape` for JPEG and from the fixed header fields of PNG (IHDR) and
+  BMP (BITMAPINFOHEADER)). Other formats are refused: their decoded size is not known before
+  decoding. GIF among them: TF's GIF decoder (``tensorflow/core/lib/gif/gif_io.cc``) reads every
+  frame with giflib's ``DGifSlurp`` and sizes its canvas by the largest frame, which the logical
+  screen size in the header does not bound, even with ``expand_animations=False``. At most
+  `DECODE_PARALLELISM` images of a request are decoded at once, each to uint8 (the float cast
+  comes after the crop/resize, in `tfsd.data.transforms`), so a request holds at most about
+  ``DECODE_PARALLELISM × 2 × max_pixels × 3`` bytes of decoded pixels (image and crop).
 * **A bad image fails only its own example**, also when TF Serving's batching merges requests
   and runs them as one batch (``tensorflow_serving/batching/batching_session.cc``,
   ``ProcessBatch``: the batch's one status goes to every request in it). Nothing here raises for
@@ -55,7 +58,7 @@ class ImageLimits(NamedTuple):
         return [
             "",
             f"the encoded image is over the limit of {self.max_bytes} bytes",
-            "not a JPEG, PNG, GIF or BMP image",
+            "not a JPEG, PNG or BMP image",
             f"the image is over the limit of {self.max_pixels} pixels (width x height)",
             "the image cannot be decoded (corrupt or truncated data)",
         ]
@@ -75,8 +78,8 @@ def _be(b: tf.Tensor, start: int, n: int) -> tf.Tensor:
 def header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """``(height, width, known)`` read from an encoded image's header, without decoding it.
 
-    ``known`` is False for anything but JPEG, PNG, GIF and BMP (and for a header too short to
-    hold the size). A JPEG whose header is corrupt raises (`tf.image.extract_jpeg_shape`'s
+    ``known`` is False for anything but JPEG, PNG and BMP (and for a header too short to hold the
+    size). A JPEG whose header is corrupt raises (`tf.image.extract_jpeg_shape`'s
     InvalidArgumentError): inside `decode_batch` that is an undecodable example, not an error.
     """
     # The first 32 bytes, zero-padded: every field read below lies within them.
@@ -86,12 +89,6 @@ def header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     # PNG: 8-byte signature, then the IHDR chunk (length, "IHDR", width, height: big-endian).
     is_png = tf.logical_and(
         tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n"), length >= 24
-    )
-    # GIF: "GIF87a"/"GIF89a", then the logical screen width and height (little-endian uint16);
-    # TF's GIF decoder allocates that canvas (one frame with expand_animations=False).
-    is_gif = tf.logical_and(
-        tf.reduce_any(tf.equal(tf.strings.substr(image_bytes, 0, 6), [b"GIF87a", b"GIF89a"])),
-        length >= 10,
     )
     # BMP: "BM", a 14-byte file header, then BITMAPINFOHEADER: width, height (int32 LE; a
     # negative height means top-down rows).
@@ -106,17 +103,12 @@ def header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
         return shape[0], shape[1]
 
     def other():
-        height = tf.where(
-            is_png, _be(head, 20, 4),
-            tf.where(is_gif, _le(head, 8, 2), tf.abs(signed32(_le(head, 22, 4)))),
-        )  # fmt: skip
-        width = tf.where(
-            is_png, _be(head, 16, 4), tf.where(is_gif, _le(head, 6, 2), signed32(_le(head, 18, 4)))
-        )
+        height = tf.where(is_png, _be(head, 20, 4), tf.abs(signed32(_le(head, 22, 4))))
+        width = tf.where(is_png, _be(head, 16, 4), signed32(_le(head, 18, 4)))
         return height, width
 
     height, width = tf.cond(is_jpeg, jpeg, other)
-    known = tf.reduce_any(tf.stack([is_jpeg, is_png, is_gif, is_bmp]))
+    known = tf.reduce_any(tf.stack([is_jpeg, is_png, is_bmp]))
     return height, width, known
 
 
@@ -172,7 +164,8 @@ def decode_batch(
         return i, image, status
 
     ds = tf.data.Dataset.from_tensor_slices((tf.range(n), inputs))
-    ds = ds.map(one, num_parallel_calls=DECODE_PARALLELISM, deterministic=False)
+    # Deterministic: rows come out in order, so a batch with no bad image needs no scatter.
+    ds = ds.map(one, num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
     # An example whose decoding raised (corrupt data past a valid header) is dropped here; its
     # row stays UNDECODABLE below. A sentinel row keeps the batch non-empty.
     ds = ds.ignore_errors()
@@ -180,12 +173,18 @@ def decode_batch(
         tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), zeros, tf.constant(OK)))
     )
     index, images, status = ds.batch(2**31 - 1).get_single_element()
-    keep = index >= 0
-    rows = tf.boolean_mask(index, keep)[:, None]
-    images = tf.scatter_nd(
-        rows, tf.boolean_mask(images, keep), tf.concat([[n], tf.constant(image_shape, tf.int64)], 0)
-    )
-    # Status + 1 scattered over zeros, so a row nobody wrote reads UNDECODABLE.
-    written = tf.scatter_nd(rows, tf.boolean_mask(status, keep) + 1, [n])
-    status = tf.where(written > 0, written - 1, UNDECODABLE)
+
+    def all_rows():  # nothing dropped: rows 0..n-1 in order, then the sentinel
+        return images[:-1], status[:-1]
+
+    def scatter():
+        keep = index >= 0
+        rows = tf.boolean_mask(index, keep)[:, None]
+        shape = tf.concat([[n], tf.constant(image_shape, tf.int64)], 0)
+        out = tf.scatter_nd(rows, tf.boolean_mask(images, keep), shape)
+        # Status + 1 scattered over zeros, so a row nobody wrote reads UNDECODABLE.
+        written = tf.scatter_nd(rows, tf.boolean_mask(status, keep) + 1, [n])
+        return out, tf.where(written > 0, written - 1, UNDECODABLE)
+
+    images, status = tf.cond(tf.equal(tf.size(index, tf.int64), n + 1), all_rows, scatter)
     return images, tf.equal(status, OK), status

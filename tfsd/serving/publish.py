@@ -337,9 +337,9 @@ def remove_abandoned_tmp_dirs(export_base: str) -> list[str]:
     names = [n.rstrip("/") for n in tf.io.gfile.listdir(export_base)]
     removed = []
     host = socket.gethostname()
-    for name in names:
-        if not name.startswith(TMP_PREFIX) or name.endswith(OWNER_SUFFIX):
-            continue
+    # A temp dir and its owner file, or either alone (a crash between writing the two).
+    candidates = {n.removesuffix(OWNER_SUFFIX) for n in names if n.startswith(TMP_PREFIX)}
+    for name in sorted(candidates):
         tmp_dir = os.path.join(export_base, name)
         owner_path = tmp_dir + OWNER_SUFFIX
         try:
