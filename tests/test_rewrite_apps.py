@@ -171,3 +171,29 @@ def test_convnext_stochastic_depth_layers_replaced():
     assert not any("stochastic_depth" in lay.name for lay in new._flatten_layers())
     x = _x()
     np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_keras_hub_resnet_vd_backbone():
+    """keras-hub's ResNetBackbone (ResNet-D shortcuts: avg-pool + 1×1 conv + BN, 3 layers).
+
+    keras-hub is not in the test extras (it pulls tensorflow-text, tokenizers, sentencepiece and
+    kagglehub); keras-hub 0.32.0 installs beside the pinned Keras 3.15.1 and passed this test.
+    """
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[16],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],  # keras-hub requires 64 first
+        stackwise_num_blocks=[2, 2],
+        stackwise_num_strides=[1, 2],
+        block_type="bottleneck_block_vd",
+        image_shape=(32, 32, 3),
+    )
+    new, report = add_stochastic_depth(backbone, 0.5, return_report=True)
+    assert len(report.blocks) == 4 and not report.skipped
+    assert len(report.blocks[2].shortcut) == 3  # the ResNet-D projection, outside the branch
+    x = _x()
+    np.testing.assert_allclose(new(x).numpy(), backbone(x).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        fold_stochastic_depth(new)(x).numpy(), backbone(x).numpy(), rtol=1e-6, atol=1e-7
+    )
