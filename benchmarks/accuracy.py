@@ -62,6 +62,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval_steps", type=int, default=0, help="0: the whole test split")
     p.add_argument("--data_dir", default=None, help="TFDS data directory")
     p.add_argument("--work_dir", default=None, help="run directories (default: a temp dir)")
+    p.add_argument("--table_from", default=None, help="print the table of a saved JSON; no runs")
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks/results/accuracy.json"))
     args = p.parse_args(argv)
     if args.batch is None:
@@ -90,11 +91,22 @@ def _config(args, seed: int, survival: float):
     return c
 
 
-def _effective_depth(model_dir: str) -> tuple[float, int]:
-    """Mean ``active_blocks`` per step over the run (step-weighted) and the block count L."""
+def _blocks(model: str) -> int:
+    """Residual blocks L of CIFAR ResNet-d (d = 6n + 2, 3n blocks): 27 for ResNet-56."""
+    return (int(model.removeprefix("resnet")) - 2) // 2
+
+
+def _effective_depth(model_dir: str, model: str) -> tuple[float, int]:
+    """Mean ``active_blocks`` per step over the run (step-weighted) and the block count L.
+
+    At survival 1.0 the model has no stochastic-depth layers (plain residual adds) and logs
+    ``active_blocks`` 0: every one of its L blocks runs every step.
+    """
     from tfsd.training import plots
 
     train = plots.read_scalars(os.path.join(model_dir, "train"))
+    if not train.get("stochastic_blocks", ([], [0]))[1][-1]:
+        return float(_blocks(model)), _blocks(model)
     steps, active = train["active_blocks"]
     spans = [int(steps[0])] + [int(b - a) for a, b in zip(steps[:-1], steps[1:])]
     blocks = int(train["stochastic_blocks"][1][-1])
@@ -105,8 +117,54 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def summarize(runs: list[dict], arms) -> list[dict]:
+    """Per arm: test error mean ± sd over seeds, per-seed errors, time, realised depth."""
+    rows = []
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        err, err_sd = _mean_sd([r["test_error"] for r in mine])
+        sec, sec_sd = _mean_sd([r["seconds"] for r in mine])
+        rows.append(
+            {
+                "arm": arm,
+                "test_error_mean": err,
+                "test_error_sd": err_sd,
+                "per_seed": [r["test_error"] for r in mine],
+                "seconds_mean": sec,
+                "seconds_sd": sec_sd,
+                "active_blocks": statistics.fmean(r["active_blocks"] for r in mine),
+                "expected_active_blocks": mine[0]["expected_active_blocks"],
+                "blocks": mine[0]["blocks"],
+            }
+        )
+    return rows
+
+
+def print_table(report: dict) -> None:
+    """The Markdown table of a report (``--table_from`` re-prints a saved one)."""
+    a = report["args"]
+    budget = "500 epochs" if a["full"] else f"{a['steps']} steps × batch {a['batch']}"
+    print(f"\nFashion-MNIST, {a['model']}, {budget}, {a['seeds']} seeds, {a['precision']}")
+    print(
+        "| arm | test error (mean ± sd) | per seed (%) | s / run | active blocks (expected) / L |"
+    )
+    print("|---|---:|---|---:|---:|")
+    for r in report["rows"]:
+        seeds = " / ".join(f"{100 * e:.2f}" for e in r["per_seed"])
+        print(
+            f"| {r['arm']} | {100 * r['test_error_mean']:.2f}% ± {100 * r['test_error_sd']:.2f} "
+            f"| {seeds} | {r['seconds_mean']:.0f} ± {r['seconds_sd']:.0f} "
+            f"| {r['active_blocks']:.2f} ({r['expected_active_blocks']:.2f}) / {r['blocks']} |"
+        )
+
+
 def main(argv=None) -> dict:
     args = _parse(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            report = json.load(f)
+        print_table(report)
+        return report
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # before TensorFlow starts
     sys.path.insert(0, ROOT)
@@ -130,7 +188,7 @@ def main(argv=None) -> dict:
             t0 = time.time()
             result = loop.train_and_evaluate(config, model_dir, args.data_dir)
             seconds = time.time() - t0
-            active, blocks = _effective_depth(model_dir)
+            active, blocks = _effective_depth(model_dir, args.model)
             expected = sum(schedules.linear_rule(blocks, survival))  # the recipe's rule
             runs.append(
                 {
@@ -148,24 +206,7 @@ def main(argv=None) -> dict:
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
-    rows = []
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        err, err_sd = _mean_sd([r["test_error"] for r in mine])
-        sec, sec_sd = _mean_sd([r["seconds"] for r in mine])
-        rows.append(
-            {
-                "arm": arm,
-                "test_error_mean": err,
-                "test_error_sd": err_sd,
-                "per_seed": [r["test_error"] for r in mine],
-                "seconds_mean": sec,
-                "seconds_sd": sec_sd,
-                "active_blocks": statistics.fmean(r["active_blocks"] for r in mine),
-                "expected_active_blocks": mine[0]["expected_active_blocks"],
-                "blocks": mine[0]["blocks"],
-            }
-        )
+    rows = summarize(runs, arms)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "args": vars(args),
@@ -180,17 +221,7 @@ def main(argv=None) -> dict:
         "rows": rows,
         "runs": runs,
     }
-    budget = "500 epochs" if args.full else f"{args.steps} steps × batch {args.batch}"
-    print(f"\nFashion-MNIST, {args.model}, {budget}, {args.seeds} seeds, {args.precision}")
-    print("| arm | test error (mean ± sd) | per seed | s / run | active blocks (expected) / L |")
-    print("|---|---:|---|---:|---:|")
-    for r in rows:
-        seeds = " / ".join(f"{100 * e:.2f}" for e in r["per_seed"])
-        print(
-            f"| {r['arm']} | {100 * r['test_error_mean']:.2f}% ± {100 * r['test_error_sd']:.2f} "
-            f"| {seeds} | {r['seconds_mean']:.0f} ± {r['seconds_sd']:.0f} "
-            f"| {r['active_blocks']:.2f} ({r['expected_active_blocks']:.2f}) / {r['blocks']} |"
-        )
+    print_table(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
