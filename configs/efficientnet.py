@@ -32,8 +32,6 @@ comes from the model registry (``ModelInfo.input_size``), written once in
 ``tfsd.models.efficientnet``'s variant table.
 """
 
-import difflib
-
 import ml_collections
 
 from tfsd import config_lib, models
@@ -48,21 +46,10 @@ VARIANTS = tuple(
 
 def parse_arg(arg: str | None) -> tuple[str, bool]:
     """``"b3"`` → ``("b3", False)``, ``"b3,runlocal"`` → ``("b3", True)``; else ValueError."""
-    variant, *options = (arg or "").split(",")
-    if variant not in VARIANTS:
-        close = difflib.get_close_matches(variant, VARIANTS, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown EfficientNet variant {variant!r}.{hint} Valid variants: "
-            f"{', '.join(VARIANTS)} (--config=efficientnet_VARIANT[:runlocal], or "
-            "--config=efficientnet:VARIANT[,runlocal])."
-        )
-    if options not in ([], ["runlocal"]):
-        raise ValueError(
-            f"Unknown config argument(s) {','.join(options)!r} for efficientnet_{variant}; "
-            "the only one is 'runlocal'."
-        )
-    return variant, bool(options)
+    return config_lib.parse_variant(
+        arg, VARIANTS, "EfficientNet",
+        "--config=efficientnet_VARIANT[:runlocal], or --config=efficientnet:VARIANT[,runlocal]",
+    )  # fmt: skip
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -40,8 +40,6 @@ own depth at the same budget (about 3× and 6× the step time), not measured sep
 benchmarks/accuracy.py measures ResNet-56 at smaller budgets.
 """
 
-import difflib
-
 import ml_collections
 
 from tfsd import config_lib
@@ -53,20 +51,9 @@ VARIANTS = ("resnet20", "resnet56", "resnet110")
 
 def parse_arg(arg: str | None) -> tuple[str, bool]:
     """``"resnet56"`` → ``("resnet56", False)``, ``"resnet56,runlocal"`` → ``(…, True)``."""
-    variant, *options = (arg or "").split(",")
-    if variant not in VARIANTS:
-        close = difflib.get_close_matches(variant, VARIANTS, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown Fashion-MNIST variant {variant!r}.{hint} Valid variants: "
-            f"{', '.join(VARIANTS)} (--config=fashion_mnist_VARIANT[:runlocal])."
-        )
-    if options not in ([], ["runlocal"]):
-        raise ValueError(
-            f"Unknown config argument(s) {','.join(options)!r} for fashion_mnist_{variant}; "
-            "the only one is 'runlocal'."
-        )
-    return variant, bool(options)
+    return config_lib.parse_variant(
+        arg, VARIANTS, "Fashion-MNIST", "--config=fashion_mnist_VARIANT[:runlocal]"
+    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

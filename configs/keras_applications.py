@@ -17,8 +17,6 @@ Argument: ``VARIANT[,runlocal]``, VARIANT one of ``VARIANTS``.
 Expected accuracy and run time: not measured here (no accelerator in this project's CI).
 """
 
-import difflib
-
 import ml_collections
 
 from tfsd import config_lib
@@ -29,18 +27,15 @@ VARIANTS = tuple(keras_applications.ARCHITECTURES)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe for the keras.applications architecture named by ``arg``."""
-    variant, *options = (arg or "").split(",")
-    if variant not in VARIANTS:
-        close = difflib.get_close_matches(variant, VARIANTS, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown keras.applications variant {variant!r}.{hint} Valid: {', '.join(VARIANTS)} "
-            "(--config=keras_applications_VARIANT[:runlocal])."
-        )
-    c = config_lib.imagenet_resnet(keras_applications.PREFIX + variant, ",".join(options))
+    variant, runlocal = config_lib.parse_variant(
+        arg, VARIANTS, "keras.applications", "--config=keras_applications_VARIANT[:runlocal]"
+    )
+    c = config_lib.imagenet_resnet(
+        keras_applications.PREFIX + variant, "runlocal" if runlocal else None
+    )
     c.model.survival_prob = 0.5
     c.model.sd_scale_at = "train"
-    if options:  # runlocal: the full architecture at 32 px, a short run
+    if runlocal:  # the full architecture at 32 px, a short run
         c.data.synthetic_train_size = 512
         c.data.synthetic_eval_size = 128
         c.num_epochs = 1.0

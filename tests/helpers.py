@@ -139,3 +139,21 @@ def png_of_zeros(width: int, height: int, rows_per_block: int = 200) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+# `python -m tfsd.train` once per argv of the JSON list argv[1], in one fresh process (the command
+# in-process, as tests/test_train.py runs it): one interpreter start instead of one per run.
+# Used as ``[sys.executable, "-c", TRAIN_RUNS_CHILD, json.dumps(list_of_argvs)]``.
+TRAIN_RUNS_CHILD = """
+import json, sys
+from absl import logging
+from tests.helpers import run_cli
+from tfsd import train
+logging.set_verbosity("info")
+for argv in json.loads(sys.argv[1]):
+    code, out, err = run_cli(train, *argv)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    if code:
+        sys.exit(code)
+"""

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tests.helpers import run_cli
+from tests.helpers import TRAIN_RUNS_CHILD, run_cli
 from tfsd import evaluate as evaluate_cmd
 from tfsd import export as export_cmd
 from tfsd import predict as predict_cmd
@@ -82,23 +82,6 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-# `python -m tfsd.train` once per argv of the JSON list argv[1], in this one fresh process (as
-# tests/test_loop.py does): one interpreter start instead of two.
-_TRAIN_RUNS_CHILD = """
-import json, sys
-from absl import logging
-from tests.helpers import run_cli
-from tfsd import train
-logging.set_verbosity("info")
-for argv in json.loads(sys.argv[1]):
-    code, out, err = run_cli(train, *argv)
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    if code:
-        sys.exit(code)
-"""
-
-
 def _copy_up(local: Path, url: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
@@ -152,7 +135,7 @@ def _train_kill_and_resume(gcs, tmp_path: Path) -> GcsRun:
     target = k + EVERY
     runs = [_train_flags(d, data_dir, f"--config.total_steps={target}") for d in (straight, killed)]
     child = subprocess.run(
-        [sys.executable, "-c", _TRAIN_RUNS_CHILD, json.dumps(runs)],
+        [sys.executable, "-c", TRAIN_RUNS_CHILD, json.dumps(runs)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-3000:]

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tfsd
-from tests.helpers import apply_changes, tiny_config
+from tests.helpers import TRAIN_RUNS_CHILD, apply_changes, tiny_config
 from tfsd import config_names
 from tfsd import data as data_lib
 from tfsd.training import evaluation as evaluation_lib
@@ -323,23 +323,6 @@ def test_sigterm_inside_a_long_host_loop_saves_and_exits_within_steps(tmp_path):
     assert "checkpoint saved" in out and seconds < 120
 
 
-# `python -m tfsd.train` once per argv of the JSON list argv[1], in this one fresh process (the
-# command in-process, as tests/test_train.py runs it): one interpreter start instead of two.
-_TRAIN_RUNS_CHILD = """
-import json, sys
-from absl import logging
-from tests.helpers import run_cli
-from tfsd import train
-logging.set_verbosity("info")
-for argv in json.loads(sys.argv[1]):
-    code, out, err = run_cli(train, *argv)
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    if code:
-        sys.exit(code)
-"""
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["resnet", "efficientnet"])
 def test_exact_resume_after_sigkill_is_bit_identical(tmp_path, model):
@@ -372,7 +355,7 @@ def test_exact_resume_after_sigkill_is_bit_identical(tmp_path, model):
     runs = [model_flags(d, f"--config.total_steps={target}", *flags) for d in (straight, killed)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-c", _TRAIN_RUNS_CHILD, json.dumps(runs)],
+        [sys.executable, "-c", TRAIN_RUNS_CHILD, json.dumps(runs)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

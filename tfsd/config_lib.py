@@ -279,6 +279,29 @@ def _check_model_overrides(c: ml_collections.ConfigDict, need) -> None:
         )
 
 
+def parse_variant(arg: str | None, variants, family: str, usage: str) -> tuple[str, bool]:
+    """``"VARIANT"`` → ``(VARIANT, False)``, ``"VARIANT,runlocal"`` → ``(VARIANT, True)``.
+
+    The argument of configs that name a variant (``--config=efficientnet:b3,runlocal``). An
+    unknown variant gets close matches, an unknown option the only valid one; ``usage`` is the
+    command-line form shown in the error.
+    """
+    variant, *options = (arg or "").split(",")
+    if variant not in variants:
+        close = difflib.get_close_matches(variant, variants, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown {family} variant {variant!r}.{hint} Valid variants: "
+            f"{', '.join(variants)} ({usage})."
+        )
+    if options not in ([], ["runlocal"]):
+        raise ValueError(
+            f"Unknown config argument(s) {','.join(options)!r} for {family} {variant}; "
+            "the only one is 'runlocal'."
+        )
+    return variant, bool(options)
+
+
 def _check_arg(arg: str | None) -> bool:
     if arg in (None, ""):
         return False
