@@ -74,6 +74,8 @@ def test_default_config_has_every_field_with_its_default():
         "folder_eval_fraction": 0.1,
         "cache": False,
         "eval_drop_remainder": False,
+        "source_dir": "",
+        "accept_checksums": False,
     }
     # None-valued fields are typed placeholders, so command-line overrides parse as int/str.
     c.num_classes = 100

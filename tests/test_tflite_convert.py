@@ -78,7 +78,7 @@ def test_uint8_io_takes_raw_pixels(tmp_path_factory):
 
 
 def test_int8_needs_representative_data(tmp_path):
-    with pytest.raises(tflite_convert.TFLiteError, match="representative data"):
+    with pytest.raises(tflite_convert.TFLiteError, match="needs calibration images"):
         tflite_convert.calibrate_int8(None, np.zeros([0, SIZE, SIZE, 3], np.float32))
     with pytest.raises(tflite_convert.TFLiteError, match="representative data"):
         tflite_export.convert_and_verify(

@@ -16,7 +16,15 @@ DEEP_RESNETS = {"cifar_resnet152", "cifar_resnet1202", "resnet101", "resnet152"}
 
 
 def _is_slow(name):
-    return name in DEEP_RESNETS or name.startswith("efficientnet_")
+    return name in DEEP_RESNETS or name.startswith(("efficientnet_", APPLICATIONS))
+
+
+# keras.applications architectures rewritten by add_stochastic_depth (docs/rewrite.md), built
+# with survival 0.5 so every residual block is a stochastic one. Three of the eight, under
+# bfloat16 only (its checks are the stricter: every gradient and inference): ResNet101/152 are
+# ResNet50's blocks, and test_rewrite_apps covers the structure of all six.
+APPLICATIONS = "keras_applications/"
+APPLICATION_CASES = {"ResNet50", "EfficientNetB0", "ConvNeXtTiny"}
 
 
 def _kwargs(name):
@@ -31,6 +39,8 @@ def _kwargs(name):
         return dict(num_classes=5, width=0.25)
     if name.startswith("resnet"):
         return dict(num_classes=5, width=0.125, input_shape=(32, 32, 3))
+    if name.startswith(APPLICATIONS):
+        return dict(num_classes=5, input_shape=(32, 32, 3), survival_prob=0.5)
     return dict(num_classes=5, input_shape=(32, 32, 3))
 
 
@@ -43,7 +53,12 @@ def _cases():
     for name in list_models():
         if name in BUILT_ELSEWHERE:
             continue
-        for policy in ("mixed_float16", "mixed_bfloat16"):
+        policies = ("mixed_float16", "mixed_bfloat16")
+        if name.startswith(APPLICATIONS):
+            if name.removeprefix(APPLICATIONS) not in APPLICATION_CASES:
+                continue
+            policies = ("mixed_bfloat16",)
+        for policy in policies:
             marks = [pytest.mark.slow] if _is_slow(name) else []
             yield pytest.param(name, policy, marks=marks, id=f"{name}-{policy}")
 
@@ -54,8 +69,9 @@ def test_every_family_is_covered():
     assert any(n.startswith("resnet") for n in names)
     assert any(n.startswith("efficientnet_b") for n in names)
     assert any(n.startswith("efficientnet_lite") for n in names)
-    # 25 architectures plus the two registered tiny test models.
-    assert len(names) == 27 and {"test_resnet", "test_efficientnet"} <= set(names)
+    assert sum(n.startswith(APPLICATIONS) for n in names) == 8
+    # 25 tfsd architectures, 8 keras.applications ones and the two registered tiny test models.
+    assert len(names) == 35 and {"test_resnet", "test_efficientnet"} <= set(names)
     assert DEEP_RESNETS | BUILT_ELSEWHERE <= set(names)
 
 
@@ -77,7 +93,12 @@ def test_mixed_precision_build_and_run(name, policy):
     assert all(w.dtype == "float32" for w in model.trainable_weights)  # float32 master weights
     x = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
     labels = tf.constant([0, 1, 2, 3])
-    head_weights = [v for v in model.trainable_weights if v.path.startswith("predictions/")]
+    # The classifier: the last Dense ("predictions" in tfsd and most keras.applications models,
+    # "convnext_tiny_head_dense" in ConvNeXt).
+    dense = [c for c in model._flatten_layers() if isinstance(c, keras.layers.Dense)][-1]
+    head_weights = list(dense.trainable_weights)
+    head_paths = {v.path for v in head_weights}
+    assert len(head_paths) == 2
     # Which gradients are checked decides what the tape records: bfloat16 checks every one;
     # float16 only the head's, and a tape that
     # watches just the head skips the backward pass through the whole network (the most
@@ -95,7 +116,7 @@ def test_mixed_precision_build_and_run(name, policy):
     assert np.all(np.isfinite(logits.numpy())) and np.isfinite(loss.numpy())
     sources = model.trainable_weights if every_gradient else head_weights
     grads = tape.gradient(loss, sources)
-    head = [g for v, g in zip(sources, grads) if v.path.startswith("predictions/")]
+    head = [g for v, g in zip(sources, grads) if v.path in head_paths]
     assert len(head) == 2 and all(np.all(np.isfinite(g.numpy())) for g in head)
 
     infer = model(x, training=False)

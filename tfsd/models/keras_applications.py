@@ -97,7 +97,15 @@ def _builder(arch: _Arch):
         )
         if sd.survival_prob == 1.0:
             model = folding.fold_stochastic_depth(model)
-        return keras.Model(model.inputs, model.outputs, name=name.replace("/", "_"))
+        outputs = model.outputs
+        if include_top:
+            # keras.applications' head computes in the policy's dtype: bfloat16/float16 logits
+            # under mixed precision. tfsd's heads give float32 logits (the loss and softmax in
+            # float32, Keras' mixed-precision guide), so the logits are cast here.
+            outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(
+                model.outputs[0]
+            )
+        return keras.Model(model.inputs, outputs, name=name.replace("/", "_"))
 
     return build
 
