@@ -6,17 +6,23 @@ the ``fashion_mnist_resnet20:runlocal`` config trained on it and evaluated on th
 """
 
 import hashlib
+import json
 import os
 
 import pytest
 import tensorflow_datasets as tfds
 
 from tests.conftest import shared_artifact
-from tfsd import config_names
+from tests.helpers import run_cli
+from tfsd import config_names, train
 from tfsd.data import prepare
 from tfsd.training import loop
 
 PACKAGE, SOURCE = prepare.DEBIAN_SOURCES["fashion_mnist"]
+# Measured 0.194 after 40 steps (seed 0, 2026-12-05; train top-1 0.387: eval-mode BatchNorm
+# statistics still settling). Chance is 0.10, and 4 binomial σ over 2,560 images at p = 0.1 is
+# 0.024: >= 0.15 means the model learned from the real images.
+TOP1_AFTER_40_STEPS = 0.15
 FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -78,7 +84,27 @@ def test_prepared_from_debian_files_is_tfds_own_dataset_with_published_content(p
     assert names[0] == "T-shirt/top" and names[9] == "Ankle boot"
 
 
-@pytest.mark.slow  # trains ResNet-20 on the real data: minutes on 2 cores
+@pytest.mark.slow  # 40 steps of ResNet-20 on the real data, through the command
+def test_the_train_command_trains_on_the_real_data_offline(prepared, tmp_path):
+    """``tfsd-train --config=fashion_mnist_resnet20:runlocal`` on the prepared real data, shortened
+    to 40 steps: top-1 on 2,560 real test images is above chance (10%) by more than 4σ.
+
+    Measured 2026-12-05 (seed 0): see the bound's comment. The full runlocal run and its stated
+    accuracy are the `accuracy` tier's (the next test), too long for CI's 15 minutes.
+    """
+    data_dir, _, _ = prepared
+    code, out, err = run_cli(
+        train, "--config=fashion_mnist_resnet20:runlocal", f"--model_dir={tmp_path / 'run'}",
+        f"--data_dir={data_dir}", "--config.data.source_dir=", "--config.total_steps=40",
+        "--config.steps_per_loop=20", "--config.eval_steps=20",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    final = json.loads(out.strip().splitlines()[-1])["final_eval"]
+    assert final["examples"] == 20 * 128 and final["step"] == 40
+    assert final["top1"] >= TOP1_AFTER_40_STEPS, final
+
+
+@pytest.mark.accuracy  # trains ResNet-20 for one epoch on the real data: ~5 min on 2 idle cores
 def test_runlocal_resnet20_reaches_the_stated_top1_on_the_real_test_split(prepared, tmp_path):
     """Measured 80.75% (the config's docstring); >= 75% leaves margin for threading/BLAS noise."""
     data_dir, _, _ = prepared

@@ -170,7 +170,10 @@ def _check_commands(gcs, run: GcsRun) -> None:
     data = f"--data_dir={run.data_dir}"
     code, out, err = run_cli(export_cmd, f"--model_dir={run.killed}", f"--export_dir={base}", data)
     assert code == 0, err[-3000:]
-    assert json.loads(out.strip().splitlines()[-1]) == {"exported": f"{base}/1"}
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "exported": f"{base}/1",
+        "export_base": base,
+    }
     assert publish_lib.existing_versions(base) == [1]
     assert tf.io.gfile.exists(f"{base}/{publish_lib.MODELS_CONFIG}")
     assert not [n for n in tf.io.gfile.listdir(base) if n.startswith(publish_lib.TMP_PREFIX)]

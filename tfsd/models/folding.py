@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
+from tfsd.models.common import ReplicaDropout
 from tfsd.models.shortcuts import ChannelZeroPad
 
 # -------------------------------------------------------------------------------------------------
@@ -326,7 +327,8 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
     * With ``scale_at="train"`` (inverted scaling) inference is already the plain sum: nothing is
       scaled.
     * `tfsd.models.resnet.ChannelZeroPad` (CIFAR ResNet shortcuts): becomes stock Keras reshape and
-      zero-padding layers, so the folded model holds no tfsd class at all.
+      zero-padding layers, and `tfsd.models.common.ReplicaDropout` Keras' ``Dropout``, so the
+      folded model holds no tfsd class at all.
 
     The input model is not modified. Outputs of the folded model equal ``model(x,
     training=False)`` up to float rounding (tested within 1e-5), it holds no tfsd layer, and its
@@ -366,7 +368,10 @@ def fold_stochastic_depth(model: keras.Model) -> keras.Model:
             return _Replaced(layer, branch)
         if isinstance(layer, (sd_layers.StochasticDepth, ChannelZeroPad)):
             return _Replaced(layer, None)
-        new = layer.__class__.from_config(layer.get_config())
+        # ReplicaDropout is Keras' Dropout with the replica id in its training seed: the same
+        # config, and the identity at inference, so the folded model keeps no tfsd class.
+        cls = keras.layers.Dropout if isinstance(layer, ReplicaDropout) else layer.__class__
+        new = cls.from_config(layer.get_config())
         copies.append((layer, new))
         return new
 
