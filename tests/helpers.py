@@ -3,6 +3,7 @@
 import contextlib
 import io
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -157,3 +158,22 @@ for argv in json.loads(sys.argv[1]):
     if code:
         sys.exit(code)
 """
+
+
+def wait_for(predicate, proc, timeout: float, poll: float = 0.05) -> bool:
+    """Polls ``predicate`` every ``poll`` s until it holds (True), ``proc`` exits (its last
+    answer) or ``timeout`` s pass (False): the bounded wait of the kill/resume tests."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return predicate()
+        time.sleep(poll)
+    return False
+
+
+def latest_step(model_dir: str) -> int | None:
+    """The step of a run's latest checkpoint (local or gs://), None before the first."""
+    state = tf.train.get_checkpoint_state(f"{model_dir}/checkpoints")
+    return None if state is None else int(state.model_checkpoint_path.rsplit("-", 1)[1])

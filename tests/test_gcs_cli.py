@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +21,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tests.helpers import TRAIN_RUNS_CHILD, run_cli
+from tests.helpers import TRAIN_RUNS_CHILD, latest_step, run_cli, wait_for
 from tfsd import evaluate as evaluate_cmd
 from tfsd import export as export_cmd
 from tfsd import predict as predict_cmd
@@ -66,22 +65,6 @@ def _write_cifar10(data_dir: Path, shard_lengths: dict[str, list[int]]) -> None:
                     k += 1
 
 
-def _latest_step(model_dir: str) -> int | None:
-    state = tf.train.get_checkpoint_state(f"{model_dir}/checkpoints")
-    return None if state is None else int(state.model_checkpoint_path.rsplit("-", 1)[1])
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return predicate()
-        time.sleep(0.5)  # each check is a GCS request
-    return False
-
-
 def _copy_up(local: Path, url: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
@@ -122,7 +105,9 @@ def _train_kill_and_resume(gcs, tmp_path: Path) -> GcsRun:
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        assert _wait_for(lambda: _latest_step(killed) is not None, proc, 400), proc.poll()
+        assert wait_for(
+            lambda: latest_step(killed) is not None, proc, 400, poll=0.5
+        )  # GCS requests, proc.poll()
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate(timeout=60)[0]
     finally:
@@ -130,7 +115,7 @@ def _train_kill_and_resume(gcs, tmp_path: Path) -> GcsRun:
             proc.kill()
             proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, out[-3000:]
-    k = _latest_step(killed)
+    k = latest_step(killed)
     assert k is not None and k % EVERY == 0
     target = k + EVERY
     runs = [_train_flags(d, data_dir, f"--config.total_steps={target}") for d in (straight, killed)]

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tfsd
-from tests.helpers import TRAIN_RUNS_CHILD, apply_changes, tiny_config
+from tests.helpers import TRAIN_RUNS_CHILD, apply_changes, latest_step, tiny_config, wait_for
 from tfsd import config_names
 from tfsd import data as data_lib
 from tfsd.training import evaluation as evaluation_lib
@@ -283,22 +283,6 @@ _EFFICIENTNET_FLAGS = [
 ]
 
 
-def _wait_for(predicate, proc, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return predicate()
-        time.sleep(0.05)
-    return False
-
-
-def _latest_step(model_dir):
-    state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
-    return None if state is None else int(state.model_checkpoint_path.rsplit("-", 1)[1])
-
-
 @pytest.mark.e2e
 def test_sigterm_inside_a_long_host_loop_saves_and_exits_within_steps(tmp_path):
     """Caught: SIGTERM was checked only between host loops; with steps_per_loop=100000 the run
@@ -307,7 +291,7 @@ def test_sigterm_inside_a_long_host_loop_saves_and_exits_within_steps(tmp_path):
                             "--config.checkpoint_every_steps=100000",
                             "--config.steps_per_loop=100000"))  # fmt: skip
     try:
-        assert _wait_for(lambda: list((tmp_path / "train").glob("events.*")), proc, 300)
+        assert wait_for(lambda: list((tmp_path / "train").glob("events.*")), proc, 300)
         time.sleep(5.0)  # usually some steps in (tracing takes a few seconds)
         proc.send_signal(signal.SIGTERM)
         t0 = time.time()
@@ -318,7 +302,7 @@ def test_sigterm_inside_a_long_host_loop_saves_and_exits_within_steps(tmp_path):
             proc.kill()
             proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
-    step = _latest_step(str(tmp_path))
+    step = latest_step(str(tmp_path))
     assert step is not None and 0 <= step < 100000
     assert "checkpoint saved" in out and seconds < 120
 
@@ -346,10 +330,10 @@ def test_exact_resume_after_sigkill_is_bit_identical(tmp_path, model):
                 *extra]  # fmt: skip
 
     proc = _cli(model_flags(killed, "--config.total_steps=100000", *flags))
-    assert _wait_for(lambda: _latest_step(str(killed)) is not None, proc, 300)
+    assert wait_for(lambda: latest_step(str(killed)) is not None, proc, 300)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    k = _latest_step(str(killed))
+    k = latest_step(str(killed))
     assert k is not None and k % n == 0
     target = k + n
     runs = [model_flags(d, f"--config.total_steps={target}", *flags) for d in (straight, killed)]
