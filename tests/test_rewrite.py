@@ -150,25 +150,31 @@ def test_fold_and_keras_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded(x, training=True).numpy(), new(x, training=True).numpy())
 
 
+def _sgd_step(model, jit_compile):
+    """One SGD(0.01) training step of ``model`` under tf.function: (loss, gradient norms)."""
+    opt = keras.optimizers.SGD(0.01)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, [tf.norm(g) for g in grads]
+
+    return step
+
+
 def test_training_step_skips_dropped_branch_under_tf_function():
     model = _handmade()
     new = add_stochastic_depth(model, survival_prob=0.5, seed=3)
-    opt = keras.optimizers.SGD(0.01)
+    step = _sgd_step(new, jit_compile=False)
     x, y = _x(), tf.constant([0, 1, 2, 3])
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = new(x, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, True))
-        grads = tape.gradient(loss, new.trainable_variables)
-        opt.apply_gradients(zip(grads, new.trainable_variables))
-        return [tf.norm(g) for g in grads]
-
     names = [v.path for v in new.trainable_variables]
     norms = {}
     for _ in range(8):
-        for name, n in zip(names, step(x, y)):
+        for name, n in zip(names, step(x, y)[1]):
             norms.setdefault(name, []).append(float(n))
     a2 = [n for name, n in norms.items() if "a2_conv/kernel" in name][0]
     # p = 0.75 for block a: over 8 steps it is dropped (zero gradient) and kept at least once.
@@ -178,19 +184,9 @@ def test_training_step_skips_dropped_branch_under_tf_function():
 
 def test_mask_mode_trains_under_xla():
     new = add_stochastic_depth(_handmade(), 0.5, mode="sample", sample_skip=False)
-    opt = keras.optimizers.SGD(0.01)
-
-    @tf.function(jit_compile=True)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = new(x, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, True))
-        grads = tape.gradient(loss, new.trainable_variables)
-        opt.apply_gradients(zip(grads, new.trainable_variables))
-        return loss
-
+    step = _sgd_step(new, jit_compile=True)
     before = new.get_layer("head").kernel.numpy()
-    assert np.isfinite(float(step(_x(), tf.constant([0, 1, 2, 3]))))
+    assert np.isfinite(float(step(_x(), tf.constant([0, 1, 2, 3]))[0]))
     assert not np.array_equal(new.get_layer("head").kernel.numpy(), before)
     with pytest.raises(ValueError, match="XLA"):  # the skipping form is refused under XLA
         skip = add_stochastic_depth(_handmade(), 0.5, mode="sample")
