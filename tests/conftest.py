@@ -21,6 +21,8 @@ import pytest
 
 from tests import gcs_emulator as _gcs_emulator
 
+# A directory shared by several pytest runs of one checkout (`shared_artifact`); .ci/run sets it.
+SHARED_DIR_ENV = "TFSD_TEST_SHARED_DIR"
 # The 3-class image folder of `tiny_run` (class names = folder names, in label order).
 TINY_RUN_CLASSES = ("red", "green", "blue")
 
@@ -78,10 +80,17 @@ def shared_artifact(tmp_path_factory, name: str, build: Callable[[Path], object]
     to create ``<parent>/tfsd-shared-<name>`` builds into its ``artifact`` sub-directory, the
     others wait (at most 15 minutes) for its ``done`` file. A JSON-serialisable value returned by
     ``build`` is stored as ``artifact/result.json``. A failed build fails every waiting test.
+
+    With ``$TFSD_TEST_SHARED_DIR`` set (`.ci/run` sets it to a directory of its own, removed
+    when it ends), that directory is the parent instead, so the default tier and the e2e/slow
+    tier, two pytest runs of one checkout, build each artifact once between them. Left unset, as
+    on a developer's machine, artifacts live for one pytest session and are never stale.
     """
     root = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
         root = root.parent
+    if os.environ.get(SHARED_DIR_ENV):  # .ci/run: one directory for both of its pytest runs
+        root = Path(os.environ[SHARED_DIR_ENV])
     home = root / f"tfsd-shared-{name}"
     artifact, done = home / "artifact", home / "done"
     try:
