@@ -353,6 +353,8 @@ def test_exact_resume_after_sigkill_is_bit_identical(tmp_path, model):
         np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key), err_msg=key)
 
 
+# Runs `train_and_evaluate` once per (model_dir, total_steps) of the JSON list argv[1], in one
+# fresh process with 2 logical CPUs; prints one ``RESULT [json, ...]`` line.
 _MIRRORED_CHILD = """
 import json, sys
 import tensorflow as tf
@@ -362,14 +364,17 @@ cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.helpers import tiny_config
 from tfsd.training import loop, task as task_lib
-c = tiny_config(total_steps=int(sys.argv[2]), checkpoint_every_steps=2, deterministic=True,
-                **{"distribute.strategy": "mirrored", "optimizer.name": "adamw", "lr.base": 1e-3,
-                   "data.randaugment_magnitude": 5.0})
-result = loop.train_and_evaluate(c, sys.argv[1])
-task = task_lib.build_task(c, None)
-sync = [layer.sync_replicas for layer in task.sd_layers]
-replicas = task.strategy.num_replicas_in_sync
-print("RESULT " + json.dumps(dict(result, replicas=replicas, sync=sync)))
+results = []
+for model_dir, total_steps in json.loads(sys.argv[1]):
+    c = tiny_config(total_steps=total_steps, checkpoint_every_steps=2, deterministic=True,
+                    **{"distribute.strategy": "mirrored", "optimizer.name": "adamw",
+                       "lr.base": 1e-3, "data.randaugment_magnitude": 5.0})
+    result = loop.train_and_evaluate(c, model_dir)
+    task = task_lib.build_task(c, None)
+    sync = [layer.sync_replicas for layer in task.sd_layers]
+    replicas = task.strategy.num_replicas_in_sync
+    results.append(dict(result, replicas=replicas, sync=sync))
+print("RESULT " + json.dumps(results))
 """
 
 
@@ -378,12 +383,12 @@ def test_mirrored_two_replicas_resume_exactly_including_the_data_stream(tmp_path
     """Caught: MirroredStrategy's iterator could not be checkpointed, so a resumed mirrored run
     restarted its data stream (and differed from an uninterrupted one)."""
 
-    # A fresh process: MirroredStrategy collectives of earlier tests in this process would share
+    # Fresh processes: MirroredStrategy collectives of earlier tests in this process would share
     # instance keys with this run's (a CollectiveReduceV2 shape mismatch, seen in the full suite).
-    def run(model_dir, total_steps):
+    def run(*runs):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
         proc = subprocess.run(
-            [sys.executable, "-c", _MIRRORED_CHILD, str(model_dir), str(total_steps)],
+            [sys.executable, "-c", _MIRRORED_CHILD, json.dumps([[str(d), n] for d, n in runs])],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -391,14 +396,18 @@ def test_mirrored_two_replicas_resume_exactly_including_the_data_stream(tmp_path
         return json.loads(line[len("RESULT ") :]), proc.stderr
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    result, _ = run(resumed, 2)
+    # The first 2 steps in a fresh process; a second one runs the uninterrupted reference (first,
+    # from the same fresh-process state) and then resumes the first run, both to step 4, as
+    # TRAIN_RUNS_CHILD does for the SIGKILL test. Those two runs each build their own
+    # MirroredStrategy in one process, over the same model and shapes: checked to run clean (no
+    # collective error, the digests below equal), unlike after other tests' collectives.
+    [result], _ = run((resumed, 2))
     assert result["replicas"] == 2 and result["step"] == 2 and np.isfinite(result["loss"])
     # Plain BatchNorm: gates are drawn per replica (no cross-replica op in the branches).
     assert result["sync"] and not any(result["sync"])
     assert result["examples"] == 64  # 4 eval batches of 16 split over the two replicas
-    again, log = run(resumed, 4)
-    assert again["step"] == 4 and "Resumed from" in log
-    reference, _ = run(straight, 4)
+    (reference, again), log = run((straight, 4), (resumed, 4))
+    assert again["step"] == 4 and f"Resumed from {resumed}" in log
     assert again["weights_digest"] == reference["weights_digest"]
     # Per-block keep rates under the strategy: batch mode, each replica draws its own gate per
     # step, so an interval's rate (mean over replicas, 2 steps) is a count over 2 * 2 draws.
