@@ -143,43 +143,77 @@ def test_fold_with_exclusive_residual_still_folds():
     np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
 
 
+# The cases of test_folded_model_is_plain_keras_and_loads_without_tfsd: name -> builder kwargs.
+PLAIN_KERAS_CASES = {
+    "cifar_resnet20": dict(width=0.25, sd_scale_at="inference"),
+    "efficientnet_b0": dict(width=0.25, depth=0.34, sd_scale_at="train"),
+}
+
+# One fresh interpreter that never imports tfsd loads and runs every folded model (argv[1]: a JSON
+# list of [name, model path, input path, expected-output path]); per model it prints one JSON line
+# [name, "ok" or the error, whether tfsd was imported]. One interpreter start for all the cases.
+_LOAD_WITHOUT_TFSD = """
+import json, sys, numpy as np, keras
+for name, path, x, expected in json.loads(sys.argv[1]):
+    try:
+        m = keras.saving.load_model(path)
+        y = m(np.load(x), training=False)
+        np.testing.assert_allclose(y, np.load(expected), rtol=1e-5, atol=1e-5)
+        result = "ok"
+    except Exception as e:
+        result = repr(e)
+    print(json.dumps([name, result, "tfsd" in sys.modules]))
+"""
+
+
+@pytest.fixture(scope="module")
+def folded_and_loaded_without_tfsd(tmp_path_factory):
+    """name -> (model, folded, child result): every PLAIN_KERAS_CASES model built at 16×16 with
+    survival 0.5 and random BN statistics, folded, saved, and loaded and run by one fresh
+    interpreter (``_LOAD_WITHOUT_TFSD``); the child result is (its line for the model or None,
+    its exit code, its stderr)."""
+    directory = tmp_path_factory.mktemp("plain-keras")
+    built, jobs = {}, []
+    for name, kwargs in PLAIN_KERAS_CASES.items():
+        keras.backend.clear_session(free_memory=False)  # as the autouse fixture does per test
+        keras.utils.set_random_seed(0)
+        model = create_model(
+            name, num_classes=5, input_shape=(16, 16, 3), survival_prob=0.5, **kwargs
+        )
+        _randomize_bn(model)
+        folded = fold_stochastic_depth(model)
+        x = tf.random.stateless_uniform([2, 16, 16, 3], seed=[5, 6], maxval=255.0)
+        paths = [directory / f"{name}{suffix}" for suffix in (".keras", "_x.npy", "_y.npy")]
+        folded.save(paths[0])
+        np.save(paths[1], x.numpy())
+        np.save(paths[2], model(x, training=False).numpy())
+        built[name] = model, folded
+        jobs.append([name, *map(str, paths)])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_TFSD, json.dumps(jobs)], capture_output=True,
+        text=True, env=env, cwd=directory, timeout=300,
+    )  # fmt: skip
+    lines = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("["):
+            name, result, imported = json.loads(line)
+            lines[name] = (result, imported)
+    return {n: (*built[n], (lines.get(n), out.returncode, out.stderr[-3000:])) for n in built}
+
+
 @pytest.mark.e2e  # the point is a fresh interpreter that never imports tfsd
-@pytest.mark.parametrize(
-    "name,kwargs",
-    [
-        ("cifar_resnet20", dict(width=0.25, sd_scale_at="inference")),
-        ("efficientnet_b0", dict(width=0.25, depth=0.34, sd_scale_at="train")),
-    ],
-)
-def test_folded_model_is_plain_keras_and_loads_without_tfsd(tmp_path, name, kwargs):
-    model = create_model(name, num_classes=5, input_shape=(16, 16, 3), survival_prob=0.5, **kwargs)
-    _randomize_bn(model)
-    folded = fold_stochastic_depth(model)
+@pytest.mark.parametrize("name", list(PLAIN_KERAS_CASES))
+def test_folded_model_is_plain_keras_and_loads_without_tfsd(folded_and_loaded_without_tfsd, name):
+    model, folded, (child, returncode, stderr) = folded_and_loaded_without_tfsd[name]
     assert "tfsd" not in json.dumps(folded.get_config())
     assert not sdl.stochastic_depth_layers(folded)
     # Every stochastic block became a plain Add named after the layer it replaced.
     for layer in sdl.stochastic_depth_layers(model):
         assert isinstance(folded.get_layer(layer.name), keras.layers.Add)
-    x = tf.random.stateless_uniform([2, 16, 16, 3], seed=[5, 6], maxval=255.0)
-    path, expected = tmp_path / "folded.keras", tmp_path / "expected.npy"
-    folded.save(path)
-    np.save(tmp_path / "x.npy", x.numpy())
-    np.save(expected, model(x, training=False).numpy())
-    # A fresh interpreter that never imports tfsd loads and runs the folded model.
-    code = (
-        "import sys, numpy as np, keras\n"
-        f"m = keras.saving.load_model({str(path)!r})\n"
-        f"y = m(np.load({str(tmp_path / 'x.npy')!r}), training=False)\n"
-        f"np.testing.assert_allclose(y, np.load({str(expected)!r}), rtol=1e-5, atol=1e-5)\n"
-        "assert 'tfsd' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    # The fresh interpreter loaded and ran the folded model, equal to the original's inference
+    # output, without importing tfsd.
+    assert returncode == 0 and child == ("ok", False), stderr
 
 
 def test_fold_mul_count_equals_model_without_stochastic_depth():

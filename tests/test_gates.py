@@ -113,6 +113,21 @@ def test_gates_are_the_documented_key_seed_name_step():
     np.testing.assert_array_equal(got, bits.astype(np.int64) < threshold)
 
 
+def test_eager_philox_draw_is_the_public_apis():
+    """`_philox_full_int` (one kernel for the key and counter eagerly) = TF's public Philox draw."""
+    rng = np.random.default_rng(0)
+    draw = tf.function(sdl._philox_full_int, autograph=False)
+    for _ in range(20):
+        seed = tf.constant(rng.integers(-(2**63), 2**63 - 1, 2, dtype=np.int64))
+        for shape, dtype in [([], tf.int64), ([], tf.uint32), ([5, 1, 1, 1], tf.uint32)]:
+            want = tf.random.stateless_uniform(
+                shape, seed=seed, minval=None, maxval=None, dtype=dtype, alg="philox"
+            ).numpy()
+            for got in (sdl._philox_full_int(shape, seed, dtype), draw(shape, seed, dtype)):
+                assert got.dtype == dtype
+                np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_replica_keys_under_mirrored_strategy():
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:

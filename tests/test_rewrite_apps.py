@@ -58,9 +58,28 @@ def apps():
     return get
 
 
+@pytest.fixture(scope="module")
+def inference_outputs(apps):
+    """name -> (original(x), rewritten(x)) for ``x = _x()``, computed on first use.
+
+    Both tests below compare with them; computed before any test trains a model (the training
+    tests come last in this file and each xdist worker runs a module's tests in file order).
+    """
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, new, _ = apps(name)
+            x = _x()
+            cache[name] = model(x).numpy(), new(x).numpy()
+        return cache[name]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(APPS))
-def test_blocks_found_and_inference_equal(apps, name):
+def test_blocks_found_and_inference_equal(apps, inference_outputs, name):
     model, new, report = apps(name)
     assert len(report.blocks) == APPS[name][1]
     assert not report.skipped  # every Add of these models is a residual block
@@ -69,23 +88,23 @@ def test_blocks_found_and_inference_equal(apps, name):
     if APPS[name][3] is None:  # EfficientNets: every drop-connect Dropout replaced, rates kept
         assert all(b.replaced for b in report.blocks)
         assert not [x for x in new._flatten_layers() if isinstance(x, keras.layers.Dropout)][1:]
-    x = _x()
+    ref, out = inference_outputs(name)
     # The two graphs add the same tensors in the same precision: equal to float rounding.
-    np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(APPS))
-def test_fold_and_keras_round_trips(apps, name, tmp_path):
-    model, new, _ = apps(name)
-    x = _x(2)
-    ref = model(x).numpy()
+def test_fold_and_keras_round_trips(apps, inference_outputs, name, tmp_path):
+    _, new, _ = apps(name)
+    x = _x()
+    ref, out = inference_outputs(name)  # the original's and the rewritten model's outputs on x
     folded = fold_stochastic_depth(new)  # folding(add(model)) ≈ model
     assert not sdl.stochastic_depth_layers(folded)
     np.testing.assert_allclose(folded(x).numpy(), ref, rtol=1e-6, atol=1e-7)
     new.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(loaded(x).numpy(), new(x).numpy())
+    np.testing.assert_array_equal(loaded(x).numpy(), out)
 
 
 def _train_step(model, jit_compile):
