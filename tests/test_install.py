@@ -14,6 +14,20 @@ from tests import tfds_fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One fresh process of the installed package (each start imports TensorFlow, seconds): where
+# tfsd and its configs are imported from, the requirements it declares, then the tfsd.prepare
+# command on tests/tfds_fixtures.py's builder (argv[1]: its folder, put on sys.path only after
+# tfsd was found, so that tfsd is looked up as it was without it).
+_INSTALLED_CHILD = """
+import importlib.metadata, json, sys
+import tfsd, tfsd.config_names as t
+print(json.dumps({"tfsd": tfsd.__file__, "configs": str(t.CONFIG_DIR),
+                  "requires": str(importlib.metadata.requires("tfsd"))}), flush=True)
+sys.path.insert(0, sys.argv.pop(1))
+import tfsd_tiny_files, tfsd.prepare as p
+p.run_main(sys.argv)
+"""
+
 
 @pytest.mark.e2e  # a wheel installed into a fresh virtualenv, its console scripts run
 def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
@@ -67,14 +81,6 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TF_CPP_MIN_LOG_LEVEL="3")
-    where = subprocess.run(
-        [str(python), "-c", "import tfsd, tfsd.config_names as t; print(tfsd.__file__); "
-         "print(t.CONFIG_DIR)"],
-        cwd=work, env=env, check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    assert Path(where[0]).is_relative_to(purelib), where
-    assert Path(where[1]) == Path(purelib, "tfsd", "configs"), where
-
     run = subprocess.run(
         [
             str(venv / "bin" / "tfsd-train"),
@@ -110,22 +116,22 @@ def test_wheel_installs_outside_the_tree_and_trains_a_named_config(tmp_path):
     # dataset_builder imports importlib_resources for download_and_prepare but declares it only
     # for Python < 3.9, so tfsd must. The installed tfsd declares it, and its tfsd.prepare command
     # prepares a small dataset (tests/tfds_fixtures.py's builder) from local files, offline.
-    requires = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.requires('tfsd'))"],
-        cwd=work, env=env, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    assert "importlib-resources" in requires.replace("_", "-"), requires  # normalised name
     tiny = work / "tiny"
     tfds_fixtures.write_tiny_builder(tiny)
     source = tfds_fixtures.write_source(tiny / "src", upstream=False)
     prep = subprocess.run(
-        [str(python), "-c", "import sys, tfsd_tiny_files, tfsd.prepare as p; p.run_main(sys.argv)",
+        [str(python), "-c", _INSTALLED_CHILD, str(tiny),
          "--dataset=tfsd_tiny_files", f"--source_dir={source}", f"--data_dir={work / 'tfds'}",
          "--accept_checksums"],
-        cwd=work, env={**env, "PYTHONPATH": str(tiny)}, capture_output=True, text=True,
-        timeout=300,
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert prep.returncode == 0, prep.stderr[-3000:]
+    installed = json.loads(prep.stdout.splitlines()[0])
+    where = [installed["tfsd"], installed["configs"]]
+    assert Path(where[0]).is_relative_to(purelib), where
+    assert Path(where[1]) == Path(purelib, "tfsd", "configs"), where
+    requires = installed["requires"]
+    assert "importlib-resources" in requires.replace("_", "-"), requires  # normalised name
     record = json.loads(prep.stdout.strip().splitlines()[-1])
     assert record["splits"]["train"]["num_examples"] == tfds_fixtures.NUM["train"]
     assert (work / "tfds" / "tfsd_tiny_files" / "1.0.0" / "dataset_info.json").is_file()

@@ -105,41 +105,56 @@ def _reference(model, preprocess, images=None, blobs=None):
 
 _FRESH_PROCESS = """
 import sys, numpy as np, tensorflow as tf
-path, inputs, out = sys.argv[1:]
-m = tf.saved_model.load(path)
-data = np.load(inputs, allow_pickle=True)
-results = {}
-for sig, key in (("serving_default", "images"), ("serving_bytes", "image_bytes"),
-                 ("serving_examples", "examples")):
-    for k, v in m.signatures[sig](**{key: tf.constant(data[key])}).items():
-        results[f"{sig}/{k}"] = v.numpy()
-np.savez(out, **results)
+for path, inputs, out in zip(*[iter(sys.argv[1:])] * 3):
+    m = tf.saved_model.load(path)
+    data = np.load(inputs, allow_pickle=True)
+    results = {}
+    for sig, key in (("serving_default", "images"), ("serving_bytes", "image_bytes"),
+                     ("serving_examples", "examples")):
+        for k, v in m.signatures[sig](**{key: tf.constant(data[key])}).items():
+            results[f"{sig}/{k}"] = v.numpy()
+    np.savez(out, **results)
 print("tfsd imported:", "tfsd" in sys.modules)
 """
+
+
+@pytest.fixture(scope="module")
+def fresh_process(exported, tmp_path_factory):
+    """Every variant's export served by one fresh process (`_FRESH_PROCESS`: one TensorFlow
+    start, not one per variant): {variant: (images, blobs, outputs)} and the process."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    argv, inputs = [], {}
+    for variant, (_, _, path) in exported.items():
+        images = _images(VARIANTS[variant]["size"], 5, seed=3)
+        blobs = warmup_lib.encode_jpeg(images)
+        examples = [warmup_lib.image_example(b) for b in blobs]
+        np.savez(
+            tmp / f"{variant}_in.npz", images=images.astype(np.float32),
+            image_bytes=np.array(blobs, dtype=object), examples=np.array(examples, dtype=object),
+        )  # fmt: skip
+        argv += [path, str(tmp / f"{variant}_in.npz"), str(tmp / f"{variant}_out.npz")]
+        inputs[variant] = (images, blobs)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, *argv],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    outputs = {}
+    if proc.returncode == 0:
+        outputs = {v: np.load(tmp / f"{v}_out.npz", allow_pickle=True) for v in exported}
+    return {v: (*inputs[v], outputs.get(v)) for v in exported}, proc
 
 
 @pytest.mark.e2e  # the point: a process that never imported tfsd loads and serves the export
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_saved_model_matches_keras_through_every_signature_in_fresh_process(
-    exported, variant, tmp_path
+    exported, fresh_process, variant
 ):
     """Reference: the unfolded Keras model in this process (`_reference`)."""
-    model, preprocess, path = exported[variant]
-    images = _images(VARIANTS[variant]["size"], 5, seed=3)
-    blobs = warmup_lib.encode_jpeg(images)
-    examples = [warmup_lib.image_example(b) for b in blobs]
-    np.savez(
-        tmp_path / "in.npz", images=images.astype(np.float32),
-        image_bytes=np.array(blobs, dtype=object), examples=np.array(examples, dtype=object),
-    )  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS, path, str(tmp_path / "in.npz"),
-         str(tmp_path / "out.npz")],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )  # fmt: skip
+    model, preprocess, _ = exported[variant]
+    served, proc = fresh_process
+    images, blobs, out = served[variant]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tfsd imported: False" in proc.stdout  # the SavedModel needs no tfsd code
-    out = np.load(tmp_path / "out.npz", allow_pickle=True)
     expected = {
         "serving_default": _reference(model, preprocess, images=images),
         "serving_bytes": _reference(model, preprocess, blobs=blobs),

@@ -148,4 +148,9 @@ def write_saved_model(servable: Servable, path: str) -> None:
     archive.track(servable.model)
     for name, spec in servable.input_signatures().items():
         archive.add_endpoint(name, getattr(servable, name), input_signature=spec)
-    archive.write_out(path, verbose=False)
+    # No gradient functions: tf.saved_model.save traces the registered gradient of every op type
+    # in the serving graphs (save.py, _trace_gradient_functions) so that a loaded model could be
+    # differentiated through custom gradients; a serving export is never trained, and skipping it
+    # cut the CPU time of exporting the registered test_resnet from 5.3 s to 3.8 s (2026-12-05).
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    archive.write_out(path, options=options, verbose=False)
