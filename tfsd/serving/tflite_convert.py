@@ -1,11 +1,12 @@
 """TFLite / LiteRT conversion of a tfsd export's ``serving_default`` at batch 1.
 
 The SavedModel's signature is wrapped in a function with a fixed ``[1, H, W, 3]`` input and the
-``logits`` and ``probabilities`` outputs only, and ``TFLiteConverter.from_concrete_functions``
-converts it (tensorflow/lite/python/lite.py), with builtin ops only: a model that needs a Flex op
-or holds a random op fails with the op's name. int8 is calibrated once (`calibrate_int8`, the
-input range fixed to [0, 255] so uint8 pixels map with scale 1) and quantized as often as the
-fallback needs (`quantize_int8`). See ``docs/tflite.md``.
+``logits`` and ``probabilities`` outputs only, saved once as a SavedModel with the loaded object
+(what ``TFLiteConverter.from_concrete_functions`` does on every conversion,
+tensorflow/lite/python/lite.py) and converted from there, with builtin ops only: a model that
+needs a Flex op or holds a random op fails with the op's name. int8 is calibrated once
+(`calibrate_int8`, the input range fixed to [0, 255] so uint8 pixels map with scale 1) and
+quantized as often as the fallback needs (`quantize_int8`). See ``docs/tflite.md``.
 """
 
 from __future__ import annotations
