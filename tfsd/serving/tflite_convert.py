@@ -109,8 +109,8 @@ class ServingModel:
         about two thirds of a conversion's time (measured on the tiny B0 of the tests). The same
         SavedModel is saved here once per `ServingModel` and every converter reads it, without
         gradient functions (TF saves them; a conversion never reads them). The converted bytes
-        are the same (checked for none, float16, dynamic and calibrated int8 on a tiny B0 and
-        ResNet-20).
+        are the same (checked for none, float16, dynamic and calibrated int8 on the tests' tiny
+        B0; tests/test_tflite_convert.py checks a small module).
         """
         if self._batch1_dir is None:
             directory = tempfile.mkdtemp(prefix="tfsd-tflite-batch1-")
