@@ -114,3 +114,16 @@ def test_random_op_is_refused(tmp_path):
     path = _module_saved_model(tmp_path / "random", lambda x: x * tf.random.uniform(tf.shape(x)))
     with pytest.raises(tflite_convert.TFLiteError, match="RANDOM_UNIFORM"):
         tflite_convert.convert(tflite_convert.ServingModel(path), "none")
+
+
+def test_converting_twice_saves_once_and_matches_tf_converter(tmp_path):
+    """`ServingModel.converter` reads one saved batch-1 SavedModel; the bytes are TF's own
+    ``from_concrete_functions`` conversion's (which re-saves the model on every conversion)."""
+    path = _module_saved_model(tmp_path / "scale", lambda x: tf.concat([x, 2.0 * x], -1))
+    model = tflite_convert.ServingModel(path)
+    first = tflite_convert.convert(model, "none")
+    saved = model._batch1_dir  # noqa: SLF001
+    assert tflite_convert.convert(model, "none") == first and model._batch1_dir == saved  # noqa: SLF001
+    tf_converter = tf.lite.TFLiteConverter.from_concrete_functions([model.batch1], model.loaded)
+    tf_converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    assert tf_converter.convert() == first
