@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfsd import layers as sdl
+from tfsd import philox
 from tfsd.models import common, create_model
 
 # -------------------------------------------------------------------------------------------------
@@ -114,16 +115,16 @@ def test_gates_are_the_documented_key_seed_name_step():
 
 
 def test_eager_philox_draw_is_the_public_apis():
-    """`_philox_full_int` (one kernel for the key and counter eagerly) = TF's public Philox draw."""
+    """`tfsd.philox.full_int` (one kernel for key and counter eagerly) = TF's public Philox draw."""
     rng = np.random.default_rng(0)
-    draw = tf.function(sdl._philox_full_int, autograph=False)
+    draw = tf.function(philox.full_int, autograph=False)
     for _ in range(20):
         seed = tf.constant(rng.integers(-(2**63), 2**63 - 1, 2, dtype=np.int64))
         for shape, dtype in [([], tf.int64), ([], tf.uint32), ([5, 1, 1, 1], tf.uint32)]:
             want = tf.random.stateless_uniform(
                 shape, seed=seed, minval=None, maxval=None, dtype=dtype, alg="philox"
             ).numpy()
-            for got in (sdl._philox_full_int(shape, seed, dtype), draw(shape, seed, dtype)):
+            for got in (philox.full_int(shape, seed, dtype), draw(shape, seed, dtype)):
                 assert got.dtype == dtype
                 np.testing.assert_array_equal(got.numpy(), want)
 

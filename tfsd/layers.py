@@ -24,7 +24,9 @@ import tensorflow as tf
 # cluster (tensorflow/python/eager/polymorphic_function/polymorphic_function.py, ``__call__`` and
 # ``OptionalXlaContext``): a jit_compile=True function enters an XLAControlFlowContext on the
 # graph it is traced from, and TPU replication (TPUReplicateContext) is one too.
-from tensorflow.python.ops import control_flow_util, gen_stateless_random_ops_v2
+from tensorflow.python.ops import control_flow_util
+
+from tfsd.philox import full_int as _philox_full_int
 
 # The survival rules live in tfsd.schedules; their names stay importable from here (public API).
 from tfsd.schedules import (  # noqa: F401
@@ -74,34 +76,6 @@ def name_hash(name: str) -> int:
     Stable across processes, platforms and Python versions (unlike the salted ``hash()``).
     """
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little", signed=True)
-
-
-# The Philox algorithm id of the stateless random kernels (tf.random.Algorithm.PHILOX).
-_PHILOX = 1
-
-
-def _philox_full_int(shape: Any, seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """``tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype, alg="philox")``.
-
-    Eagerly the same bits come from one kernel instead of ~20 small ops: TF turns a Philox seed
-    into the kernel's key and counter in Python (``random_ops_util._philox_scramble_seed``), ~20
-    small ops per draw, two draws per block and training call: measured CPU time of one eager
-    training call 13% less for EfficientNet-B3 (32 px) and 34% less for CIFAR ResNet-110 (8 px)
-    with the kernel. ``StatelessRandomGetKeyCounter`` on the CPU computes the same key and counter
-    (its algorithm there is Philox); tests/test_gates.py checks the bits against the public API.
-    Inside a graph (tf.function, XLA) the public API is used, unchanged.
-    """
-    if not tf.executing_eagerly():
-        return tf.random.stateless_uniform(
-            shape, seed=seed, minval=None, maxval=None, dtype=dtype, alg="philox"
-        )
-    with tf.device("/CPU:0"):
-        key, counter = gen_stateless_random_ops_v2.stateless_random_get_key_counter(
-            tf.cast(seed, tf.int64)
-        )
-    return gen_stateless_random_ops_v2.stateless_random_uniform_full_int_v2(
-        tf.convert_to_tensor(shape, tf.int32), key=key, counter=counter, alg=_PHILOX, dtype=dtype
-    )
 
 
 def in_xla_context() -> bool:
