@@ -29,6 +29,26 @@ def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
 
 
+def sgd_step(model: keras.Model, jit_compile: bool, from_logits: bool = True) -> Callable:
+    """One SGD(0.01) training step of ``model`` under tf.function: ``step(x, y)`` returns
+    (mean sparse cross-entropy, the trainable variables' gradient norms)."""
+    opt = keras.optimizers.SGD(0.01)
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=from_logits)
+            )
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss, [tf.norm(g) for g in grads]
+
+    return step
+
+
 def op_types(fn: Callable, *specs: tf.TensorSpec) -> set[str]:
     """Op types of the graph ``tf.function(fn)`` traces for ``specs``, nested functions included."""
     graph = tf.function(fn).get_concrete_function(*specs).graph

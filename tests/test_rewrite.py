@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import randomize_batchnorm
+from tests.helpers import randomize_batchnorm, sgd_step
 from tfsd import layers as sdl
 from tfsd.models import fold_stochastic_depth
 from tfsd.models.rewrite import add_stochastic_depth, find_residual_blocks
@@ -150,26 +150,10 @@ def test_fold_and_keras_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded(x, training=True).numpy(), new(x, training=True).numpy())
 
 
-def _sgd_step(model, jit_compile):
-    """One SGD(0.01) training step of ``model`` under tf.function: (loss, gradient norms)."""
-    opt = keras.optimizers.SGD(0.01)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, [tf.norm(g) for g in grads]
-
-    return step
-
-
 def test_training_step_skips_dropped_branch_under_tf_function():
     model = _handmade()
     new = add_stochastic_depth(model, survival_prob=0.5, seed=3)
-    step = _sgd_step(new, jit_compile=False)
+    step = sgd_step(new, jit_compile=False)
     x, y = _x(), tf.constant([0, 1, 2, 3])
     names = [v.path for v in new.trainable_variables]
     norms = {}
@@ -184,7 +168,7 @@ def test_training_step_skips_dropped_branch_under_tf_function():
 
 def test_mask_mode_trains_under_xla():
     new = add_stochastic_depth(_handmade(), 0.5, mode="sample", sample_skip=False)
-    step = _sgd_step(new, jit_compile=True)
+    step = sgd_step(new, jit_compile=True)
     before = new.get_layer("head").kernel.numpy()
     assert np.isfinite(float(step(_x(), tf.constant([0, 1, 2, 3]))[0]))
     assert not np.array_equal(new.get_layer("head").kernel.numpy(), before)

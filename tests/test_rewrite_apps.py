@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from keras.src.applications import convnext
 
+from tests.helpers import sgd_step
 from tfsd import layers as sdl
 from tfsd.models import fold_stochastic_depth
 from tfsd.models.rewrite import add_stochastic_depth
@@ -107,21 +108,6 @@ def test_fold_and_keras_round_trips(apps, inference_outputs, name, tmp_path):
     np.testing.assert_array_equal(loaded(x).numpy(), out)
 
 
-def _train_step(model, jit_compile):
-    opt = keras.optimizers.SGD(0.01)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return float(step(_x(3), tf.constant([1, 7])))
-
-
 @pytest.mark.slow
 def test_training_step_jit_mask_mode(apps):
     # One XLA-compiled training step costs 1-2.5 min per full-size model on the shared 2-core
@@ -130,7 +116,8 @@ def test_training_step_jit_mask_mode(apps):
     # benchmark smoke run (tests/test_benchmarks.py: ResNet50 batch skip, EfficientNetB0
     # per-example skip).
     _, new, _ = apps("MobileNetV2")
-    assert np.isfinite(_train_step(new, jit_compile=True))
+    loss, _ = sgd_step(new, jit_compile=True, from_logits=False)(_x(3), tf.constant([1, 7]))
+    assert np.isfinite(float(loss))
 
 
 @pytest.mark.slow
