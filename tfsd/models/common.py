@@ -70,6 +70,19 @@ def normalize_pixels(
     return x
 
 
+# Keras' local pooling layers (average and max, 1-3D): single-input, no weights, scale-equivariant
+# (f(c·x) = c·f(x) for c > 0). Listed by tfsd.models.rewrite (a projection shortcut may hold them)
+# and tfsd.models.folding (scale-equivariant layers).
+POOLING = (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+)
+
+
 # -------------------------------------------------------------------------------------------------
 # Stochastic-depth settings.
 # -------------------------------------------------------------------------------------------------

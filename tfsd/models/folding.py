@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tfsd import layers as sd_layers
-from tfsd.models.common import ReplicaDropout
+from tfsd.models.common import POOLING, ReplicaDropout
 from tfsd.models.shortcuts import ChannelZeroPad
 
 # -------------------------------------------------------------------------------------------------
@@ -49,12 +49,7 @@ _SCALE_EQUIVARIANT = (
     keras.layers.Reshape,
     keras.layers.Flatten,
     keras.layers.Permute,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
+    *POOLING,
     keras.layers.GlobalAveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.GlobalAveragePooling3D,

@@ -41,7 +41,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops import numpy as knp
 
 from tfsd import layers as sd_layers
-from tfsd.models.common import block_seed, resolve_sample_skip
+from tfsd.models.common import POOLING, block_seed, resolve_sample_skip
 
 MAX_PROJECTION = 3  # layers on a projection shortcut: avg-pool + 1×1 conv + BN (ResNet-D)
 
@@ -51,12 +51,7 @@ _PROJECTION = (
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
     keras.layers.Identity,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
+    *POOLING,
     keras.layers.ZeroPadding1D,
     keras.layers.ZeroPadding2D,
     keras.layers.ZeroPadding3D,
