@@ -34,17 +34,7 @@ DEFAULT = tf.distribute.get_strategy()
 def task_and_iterator(config, strategy):
     keras.utils.set_random_seed(config.seed)
     task = task_lib.build_task(config, None, strategy)
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.build_dataset(
-            config.data,
-            split="train",
-            global_batch_size=config.batch_size,
-            image_size=config.model.image_size,
-            seed=config.seed,
-            input_context=ctx,
-        )
-    )
-    return task, iter(ds)
+    return task, iter(loop.train_dataset(task))
 
 
 def one_step_vs_one_device():

@@ -39,6 +39,24 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
+def train_dataset(task: task_lib.Task, data_dir: str | None = None, start_step: int = 0) -> Any:
+    """The distributed train stream from ``start_step``: a pure function of (seed, step), so a
+    resumed run starts where the checkpointed one stopped."""
+    config = task.config
+    return task.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.build_dataset(
+            config.data,
+            split="train",
+            global_batch_size=config.batch_size,
+            image_size=config.model.image_size,
+            seed=config.seed,
+            data_dir=data_dir,
+            input_context=ctx,
+            start_step=start_step,
+        )
+    )
+
+
 def eval_dataset(task: task_lib.Task, data_dir: str | None = None) -> tuple[Any, int]:
     """The distributed eval split and its step count: every example, full batches, every worker.
 
@@ -107,7 +125,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
     # only a resumed run's saved config is compared; it is written below, once all is built.
     run_dir.check_or_write_config(config, model_dir, write=False)
     task = task_lib.build_task(config, data_dir, strategy)
-    batch, size = config.batch_size, config.model.image_size
 
     checkpoint = run_dir.make_checkpoint(task)
     saver = run_dir.Saver(task, checkpoint, model_dir)
@@ -125,21 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, model_dir: str,
 
     info = data_lib.get_dataset_info(config.data, data_dir=data_dir)
     check_eval_split(config, info.num_eval_examples)
-    # The train stream starts at the restored step: a pure function of (seed, step).
-    iterator = iter(
-        strategy.distribute_datasets_from_function(
-            lambda ctx: data_lib.build_dataset(
-                config.data,
-                split="train",
-                global_batch_size=batch,
-                image_size=size,
-                seed=config.seed,
-                data_dir=data_dir,
-                input_context=ctx,
-                start_step=step,
-            )
-        )
-    )
+    iterator = iter(train_dataset(task, data_dir, start_step=step))
     eval_ds, eval_steps = eval_dataset(task, data_dir)
     # All validated: the first write of config.json.
     run_dir.check_or_write_config(
