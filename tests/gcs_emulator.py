@@ -271,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bucket", default="tfsd-test")
     args = parser.parse_args(argv)
+    # SIGTERM is handled before anything starts: a SIGTERM while the pieces start (or just after
+    # the environment is printed) lets start() finish and then stops them all. Installed after
+    # the printing, as it once was, the default action killed the script and left
+    # fake-gcs-server and mitmdump running (tests/test_gcs_emulator.py).
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with GcsEmulator(args.bucket) as emulator:
         print(f"# gs://{args.bucket} on {emulator.gcs_url}; paste into a shell, ^C stops.")
         for key, value in emulator.env().items():
             print(f"export {key}={value}")
         sys.stdout.flush()
-        stop = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         try:
             while not stop and all(p.poll() is None for p in emulator._procs):
                 time.sleep(0.5)

@@ -53,6 +53,55 @@ def test_script_prints_the_environment_serves_the_bucket_and_stops_on_sigterm():
     assert not Path(env["CURL_CA_BUNDLE"]).exists()  # and its work directory
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc/<pid>/stat: state, then ppid)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_while_starting_stops_the_script_and_everything_it_started():
+    """Caught: the script installed its SIGTERM handler only after printing the environment, so
+    a SIGTERM before that (here: once fake-gcs-server has been spawned) killed the script by
+    default action, exit -15, and left fake-gcs-server and mitmdump running. Under load it also
+    failed the test above, whose SIGTERM follows the printed environment closely."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.gcs_emulator", "--bucket", "early"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not seen and proc.poll() is None and time.monotonic() < deadline:
+            seen.update(_children(proc.pid))
+            time.sleep(0.05)
+        assert seen, "the script started no process within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not [pid for pid in seen if _alive(pid)]  # stopped (and reaped) by the script
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pid in seen:  # the old script's orphans
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_piece_that_cannot_start_fails_with_its_name_and_log(monkeypatch, tmp_path):
     # mitmdump replaced by a program that exits at once: the error names it, with its log, and
     # the fake-gcs-server already started is stopped.
