@@ -57,9 +57,10 @@ def test_efficientnet_int8_fallback_improves_or_meets_target(tmp_path_factory):
     assert 1 <= len(fb["float_nodes"]) <= fb["budget_float_ops"]
     assert fb["budget_float_ops"] == int(0.25 * fb["quantized_ops"])
     assert report["num_float_ops"] >= len(fb["float_nodes"])
-    # The size cost is what the report says it is. It is not always > 1: a kept op's float
+    # The size cost is what the report says it is. It need not be > 1: a kept op's float
     # weights add bytes, but ops without weights (squeeze-excite gates) kept in float drop their
-    # quantization parameters (measured 0.998 with 16 ops in float on a 2-core AMD EPYC VM).
+    # quantization parameters (measured 0.998 with 16 ops in float on an earlier fixture; 1.18
+    # with 16, 7 of them MUL gates, on the stored weights, 2-core AMD EPYC VM, 2026-12-05).
     assert fb["size_cost"] == report["size_bytes"] / fb["int8_size_bytes"]
     assert fb["latency_cost"] == report["latency_ms"] / fb["int8_latency_ms"]
     counts = [a["float_ops"] for a in fb["attempts"]]

@@ -5,8 +5,16 @@ trained on the synthetic dataset with fixed seeds, so that their top-1 decisions
 agreement means something, then exported with `tfsd.export` (folded stochastic depth). The Lite
 family (ReLU6, no squeeze-excite) is checked on the real ImageNet EfficientNet-Lite0 instead
 (tests/test_real_lite0.py: float16, dynamic and int8 on real photos), which replaced a tiny Lite0
-trained here for 600 SGD steps. Each is a `shared_artifact`: trained once per test session,
+trained here for 600 SGD steps. Each is a `shared_artifact`: exported once per test session,
 whichever test file and xdist worker asks first; the others wait for it.
+
+The trained weights are stored in ``tests/data/tflite_<variant>.npz`` (plain arrays, read with
+``allow_pickle=False``), written by ``python -m tests.tflite_fixtures`` with the recipe below: a
+session loads them instead of training (~60 s of CPU on 2 cores, measured 2026-12-05), and the
+fixtures no longer depend on the test machine's float summation order during training. Each file
+records the top-1 accuracy the trained model had on the `VERIFY` images; `load_trained` checks it
+(at most one image off), so a file that no longer fits today's builders fails loudly
+(tests/test_tflite_fixtures.py, default tier) and is regenerated with that command.
 
 Agreement is measured on `VERIFY` held-out eval images, disjoint from the `CALIBRATION` images:
 ≥ 99% there allows at most 2 disagreements, ≥ 98% at most 4.
@@ -14,8 +22,12 @@ Agreement is measured on `VERIFY` held-out eval images, disjoint from the `CALIB
 
 import functools
 import json
+import sys
+from pathlib import Path
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from tests.conftest import shared_artifact
 from tfsd import data as data_lib
@@ -58,12 +70,26 @@ def eval_data() -> tflite_verify.EvalData:
     )
 
 
-def _train_and_export(variant: str, directory) -> str:
-    name, overrides, steps, recipe = VARIANTS[variant]
+WEIGHTS_DIR = Path(__file__).resolve().parent / "data"
+
+
+def weights_file(variant: str) -> Path:
+    return WEIGHTS_DIR / f"tflite_{variant}.npz"
+
+
+def build(variant: str) -> keras.Model:
+    """The untrained ``variant`` (its builder and arguments; weights from seed 0)."""
+    name, overrides, _, _ = VARIANTS[variant]
     keras.utils.set_random_seed(0)
-    model = models.create_model(
+    return models.create_model(
         name, num_classes=10, input_shape=(SIZE, SIZE, 3), survival_prob=0.8, **overrides
     )
+
+
+def train(variant: str) -> keras.Model:
+    """``variant`` trained with its recipe (`VARIANTS`): what the stored weights were made with."""
+    _, _, steps, recipe = VARIANTS[variant]
+    model = build(variant)
     if recipe == "sgd":
         lr = keras.optimizers.schedules.CosineDecay(
             0.0, steps, warmup_target=0.05, warmup_steps=steps // 8
@@ -74,10 +100,59 @@ def _train_and_export(variant: str, directory) -> str:
     model.compile(
         optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    train = data_lib.build_dataset(DATA, split="train", global_batch_size=batch, image_size=SIZE)
-    model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
+    train_ds = data_lib.build_dataset(DATA, split="train", global_batch_size=batch, image_size=SIZE)
+    model.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return model
+
+
+def verify_top1(model: keras.Model) -> float:
+    """Top-1 accuracy of ``model`` on the `VERIFY` held-out images."""
+    data = eval_data()
+    logits = model(tf.constant(data.verification), training=False)
+    return float(np.mean(np.argmax(logits, axis=-1) == data.labels))
+
+
+def write_weights(variant: str, model: keras.Model) -> Path:
+    """Stores every weight of ``model`` (in `model.weights` order), its path and shape."""
+    weights = model.weights
+    path = weights_file(variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        paths=np.array([w.path for w in weights]),
+        verify_top1=np.array(verify_top1(model)),
+        **{f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(weights)},
+    )
+    return path
+
+
+def load_trained(variant: str) -> keras.Model:
+    """``build(variant)`` with the stored trained weights, checked against today's builder."""
+    model, path = build(variant), weights_file(variant)
+    regenerate = f"regenerate it with `python -m tests.tflite_fixtures {variant}`"
+    with np.load(path, allow_pickle=False) as stored:
+        paths = [str(p) for p in stored["paths"]]
+        arrays = [stored[f"w{i}"] for i in range(len(paths))]
+        recorded = float(stored["verify_top1"])
+    shapes = [tuple(w.shape) for w in model.weights]
+    if len(arrays) != len(shapes) or [a.shape for a in arrays] != shapes:
+        raise AssertionError(
+            f"{path} holds {len(arrays)} weights {paths[:3]}..., today's {variant} has "
+            f"{len(shapes)} of other shapes: the builder changed; {regenerate}."
+        )
+    model.set_weights(arrays)
+    got = verify_top1(model)
+    if abs(got - recorded) > 1.5 / VERIFY:  # one image may flip on another CPU
+        raise AssertionError(
+            f"{path}: top-1 on the {VERIFY} verification images is {got:.3f}, recorded "
+            f"{recorded:.3f}: the weights no longer mean what they meant; {regenerate}."
+        )
+    return model
+
+
+def _export(variant: str, directory) -> str:
     return saved_model_lib.export_saved_model(
-        model, str(directory / "export"), preprocess="none",
+        load_trained(variant), str(directory / "export"), preprocess="none",
         sample_images=eval_data().verification[:8],
     )  # fmt: skip
 
@@ -86,10 +161,10 @@ _LOADED: dict[str, tflite_convert.ServingModel] = {}
 
 
 def serving(tmp_path_factory, variant: str) -> tflite_convert.ServingModel:
-    """The trained ``variant``'s `ServingModel`: trained once a session, loaded once a worker."""
+    """The trained ``variant``'s `ServingModel`: exported once a session, loaded once a worker."""
     if variant not in _LOADED:
         artifact = shared_artifact(
-            tmp_path_factory, f"tflite-{variant}", lambda d: _train_and_export(variant, d)
+            tmp_path_factory, f"tflite-{variant}", lambda d: _export(variant, d)
         )
         path = json.loads((artifact / "result.json").read_text())
         _LOADED[variant] = tflite_convert.ServingModel(path)
@@ -104,3 +179,17 @@ def float_tflite(tmp_path_factory, variant: str) -> bytes:
     if variant not in _FLOAT:
         _FLOAT[variant] = tflite_convert.convert(serving(tmp_path_factory, variant), "none")
     return _FLOAT[variant]
+
+
+def main(argv: list[str]) -> int:
+    """Trains the variants named in ``argv`` (default: all) and writes their weight files."""
+    for variant in argv or list(VARIANTS):
+        model = train(variant)
+        path = write_weights(variant, model)
+        print(f"{variant}: {path} ({path.stat().st_size} bytes), top-1 on the {VERIFY} "
+              f"verification images {verify_top1(model):.3f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
