@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import shared_artifact
 from tests.helpers import png_of_zeros, randomize_batchnorm, tiny_config
 from tfsd import data as data_lib
 from tfsd import models
@@ -71,18 +72,35 @@ def _images(size, n=8, seed=0):
     ).round()
 
 
+def _export_variants(directory: Path) -> dict[str, str]:
+    """Both variants built from seed 0, their weights saved, then exported (`exported`)."""
+    paths = {}
+    for variant, spec in VARIANTS.items():
+        keras.utils.set_random_seed(0)
+        model, preprocess = _build(variant)
+        model.save_weights(directory / f"{variant}.weights.h5")
+        paths[variant] = saved_model_lib.export_saved_model(
+            model, str(directory / variant), preprocess=preprocess, class_names=NAMES,
+            sample_images=_images(spec["size"]), model_name=variant,
+        )  # fmt: skip
+    return paths
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{variant: (keras model, preprocess fn, version dir)} exported once for the module."""
+    """{variant: (keras model, preprocess fn, version dir)}, read-only.
+
+    Exported once per test session (`shared_artifact`: both xdist workers and, under .ci/run,
+    both tiers); each worker rebuilds the Keras models with the exported weights.
+    """
+    artifact = shared_artifact(tmp_path_factory, "saved-model-variants", _export_variants)
+    paths = json.loads((artifact / "result.json").read_text())
     out = {}
     for variant, spec in VARIANTS.items():
         model, preprocess = _build(variant)
-        base = tmp_path_factory.mktemp(variant)
-        path = saved_model_lib.export_saved_model(
-            model, str(base), preprocess=preprocess, class_names=NAMES,
-            sample_images=_images(spec["size"]), model_name=variant,
-        )  # fmt: skip
-        out[variant] = (model, signatures_lib.preprocess_fn(preprocess, spec["size"]), path)
+        model.load_weights(artifact / f"{variant}.weights.h5")
+        out[variant] = (model, signatures_lib.preprocess_fn(preprocess, spec["size"]),
+                        paths[variant])  # fmt: skip
     return out
 
 
