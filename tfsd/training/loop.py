@@ -42,18 +42,23 @@ def weights_digest(model: keras.Model) -> str:
 def train_dataset(task: task_lib.Task, data_dir: str | None = None, start_step: int = 0) -> Any:
     """The distributed train stream from ``start_step``: a pure function of (seed, step), so a
     resumed run starts where the checkpointed one stopped."""
-    config = task.config
     return task.strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.build_dataset(
-            config.data,
-            split="train",
-            global_batch_size=config.batch_size,
-            image_size=config.model.image_size,
-            seed=config.seed,
-            data_dir=data_dir,
-            input_context=ctx,
-            start_step=start_step,
-        )
+        lambda ctx: _pipeline(task, "train", data_dir, ctx, start_step=start_step)
+    )
+
+
+def _pipeline(task: task_lib.Task, split: str, data_dir: str | None, ctx, **kwargs) -> Any:
+    """One input pipeline's ``split`` of the task's dataset (its batch, image size and seed)."""
+    config = task.config
+    return data_lib.build_dataset(
+        config.data,
+        split=split,
+        global_batch_size=config.batch_size,
+        image_size=config.model.image_size,
+        seed=config.seed,
+        data_dir=data_dir,
+        input_context=ctx,
+        **kwargs,
     )
 
 
@@ -70,17 +75,10 @@ def eval_dataset(task: task_lib.Task, data_dir: str | None = None) -> tuple[Any,
     steps, batches = step_lib.eval_batches_per_pipeline(task, info.num_eval_examples)
 
     def dataset(ctx):
-        ds = data_lib.build_dataset(
-            config.data,
-            split="eval",
-            global_batch_size=config.batch_size,
-            image_size=config.model.image_size,
-            seed=config.seed,
-            data_dir=data_dir,
-            input_context=ctx,
-        )
         return step_lib.pad_eval_batches(
-            ds, ctx.get_per_replica_batch_size(config.batch_size), batches
+            _pipeline(task, "eval", data_dir, ctx),
+            ctx.get_per_replica_batch_size(config.batch_size),
+            batches,
         )
 
     return task.strategy.distribute_datasets_from_function(dataset), steps
