@@ -16,11 +16,11 @@ TRAINED_TOP1 = {"resnet": 0.935, "effnet": 0.75}
 
 @pytest.mark.parametrize("variant", list(fixtures.VARIANTS))
 def test_stored_weights_load_into_todays_builder_with_their_recorded_accuracy(variant):
-    model = fixtures.load_trained(variant)  # raises on other shapes or another accuracy
+    # Raises on other shapes, or a top-1 more than one image (0.0075) from the recorded one.
+    model = fixtures.load_trained(variant)
     with np.load(fixtures.weights_file(variant), allow_pickle=False) as stored:
         assert [str(p) for p in stored["paths"]] == [w.path for w in model.weights]
         assert float(stored["verify_top1"]) == pytest.approx(TRAINED_TOP1[variant], abs=1e-9)
-    assert fixtures.verify_top1(model) == pytest.approx(TRAINED_TOP1[variant], abs=0.0075)
 
 
 def _stored_copy(tmp_path, monkeypatch, **changes) -> None:

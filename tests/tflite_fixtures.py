@@ -112,18 +112,18 @@ def verify_top1(model: keras.Model) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == data.labels))
 
 
-def write_weights(variant: str, model: keras.Model) -> Path:
-    """Stores every weight of ``model`` (in `model.weights` order), its path and shape."""
-    weights = model.weights
-    path = weights_file(variant)
+def write_weights(variant: str, model: keras.Model) -> tuple[Path, float]:
+    """Stores every weight of ``model`` (in `model.weights` order) with its path, and the
+    model's `verify_top1`; returns the file and that accuracy."""
+    weights, path, top1 = model.weights, weights_file(variant), verify_top1(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         path,
         paths=np.array([w.path for w in weights]),
-        verify_top1=np.array(verify_top1(model)),
+        verify_top1=np.array(top1),
         **{f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(weights)},
     )
-    return path
+    return path, top1
 
 
 def load_trained(variant: str) -> keras.Model:
@@ -184,10 +184,9 @@ def float_tflite(tmp_path_factory, variant: str) -> bytes:
 def main(argv: list[str]) -> int:
     """Trains the variants named in ``argv`` (default: all) and writes their weight files."""
     for variant in argv or list(VARIANTS):
-        model = train(variant)
-        path = write_weights(variant, model)
+        path, top1 = write_weights(variant, train(variant))
         print(f"{variant}: {path} ({path.stat().st_size} bytes), top-1 on the {VERIFY} "
-              f"verification images {verify_top1(model):.3f}")  # fmt: skip
+              f"verification images {top1:.3f}")  # fmt: skip
     return 0
 
 
