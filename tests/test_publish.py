@@ -20,6 +20,7 @@ from tests.helpers import randomize_batchnorm
 from tfsd import models
 from tfsd.serving import publish as publish_lib
 from tfsd.serving import saved_model as saved_model_lib
+from tfsd.serving import signatures
 
 SIZE = 16  # test_resnet's registered input size
 
@@ -45,11 +46,22 @@ def _snapshot(base):
     return out
 
 
-def test_versions_are_distinct_and_never_overwritten(tmp_path):
+def test_versions_are_distinct_and_never_overwritten(tmp_path, monkeypatch):
     model = _model()
     base = str(tmp_path / "base")
     kw = _kwargs()
+    traces = []
+    outputs = signatures.Servable.outputs
+
+    def counted(self, *args):
+        traces.append(args[0].dtype)
+        return outputs(self, *args)
+
+    monkeypatch.setattr(signatures.Servable, "outputs", counted)
     assert saved_model_lib.export_saved_model(model, base, **kw) == os.path.join(base, "1")
+    # Each signature's graph is traced once (keras.export.ExportArchive traced each twice:
+    # tfsd.serving.signatures.write_saved_model says why).
+    assert len(traces) == len(signatures.SIGNATURES), traces
     assert saved_model_lib.export_saved_model(model, base, **kw) == os.path.join(base, "2")
     assert saved_model_lib.export_saved_model(model, base, version=7, **kw) == os.path.join(
         base, "7"
