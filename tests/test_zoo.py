@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.test_efficientnet import PARAMS as EFFICIENTNET_PARAMS
+from tests.test_efficientnet import check_variant
 from tfsd import layers as sdl
 from tfsd.models import create_model, get_model_info, list_models
 
@@ -48,12 +50,22 @@ def _kwargs(name):
 # test_resnet.test_cifar_resnet1202_full_size; its blocks are cifar_resnet110's, covered here.
 BUILT_ELSEWHERE = {"cifar_resnet1202"}
 
+# EfficientNets under mixed_float16: the smallest and the deepest of each family. Every variant is
+# the same blocks and the same policy plumbing at another width and depth; float16's own risk,
+# overflow, grows with depth (B7: 55 blocks). All 13 run under mixed_bfloat16, whose checks are
+# the stricter (every gradient, inference). 2026-12-05: the other nine float16 builds were 31 s
+# of CI's slow tier.
+FLOAT16_EFFICIENTNETS = {"efficientnet_b0", "efficientnet_b7", "efficientnet_lite0",
+                         "efficientnet_lite4"}  # fmt: skip
+
 
 def _cases():
     for name in list_models():
         if name in BUILT_ELSEWHERE:
             continue
         policies = ("mixed_float16", "mixed_bfloat16")
+        if name.startswith("efficientnet_") and name not in FLOAT16_EFFICIENTNETS:
+            policies = ("mixed_bfloat16",)
         if name.startswith(APPLICATIONS):
             if name.removeprefix(APPLICATIONS) not in APPLICATION_CASES:
                 continue
@@ -72,7 +84,9 @@ def test_every_family_is_covered():
     assert sum(n.startswith(APPLICATIONS) for n in names) == 8
     # 25 tfsd architectures, 8 keras.applications ones and the two registered tiny test models.
     assert len(names) == 35 and {"test_resnet", "test_efficientnet"} <= set(names)
-    assert DEEP_RESNETS | BUILT_ELSEWHERE <= set(names)
+    assert DEEP_RESNETS | BUILT_ELSEWHERE | FLOAT16_EFFICIENTNETS <= set(names)
+    # check_variant knows every registered EfficientNet's counts: each full-size build here runs it.
+    assert {n for n in names if n.startswith("efficientnet_")} == set(EFFICIENTNET_PARAMS)
 
 
 @pytest.mark.parametrize("name,policy", list(_cases()))
@@ -87,6 +101,10 @@ def test_mixed_precision_build_and_run(name, policy):
     # other model has its registered number of stochastic blocks.
     assert len(blocks) == get_model_info(name).num_sd_blocks
     assert blocks or name == "test_efficientnet"
+    if name.startswith("efficientnet_") and policy == "mixed_bfloat16":
+        # The variant's plan and published counts (test_efficientnet; counts are the same under
+        # any policy: float32 master weights), on this full-size build instead of one more.
+        check_variant(model, name, num_classes=5)
     convs = [c for c in model._flatten_layers() if isinstance(c, keras.layers.Conv2D)]
     assert convs and all(c.compute_dtype == compute for c in convs)
     assert all(b.compute_dtype == compute for b in blocks)
