@@ -62,7 +62,7 @@ def _tensor_summaries(log_dir) -> tuple[dict, dict]:
 # -------------------------------------------------------------------------------------------------
 
 
-def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path):
+def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path, monkeypatch):
     """conftest's `tiny_run` is a finished train_and_evaluate run (12 steps, checkpoints at 6
     and 12, a 3-class image folder with about a quarter of its images for eval); a copy resumes."""
     config = run_dir.load_run_config(str(tiny_run.model_dir))
@@ -78,7 +78,24 @@ def test_train_writes_checkpoints_summaries_and_resumes(tiny_run, tmp_path):
     model_dir = tmp_path / "run"
     shutil.copytree(tiny_run.model_dir, model_dir)  # tiny_run is read-only
     config.total_steps = 14
+    # Autograph rewrites the two loops only (tfsd.training.step.make_train_loop says why): what
+    # they and the input pipeline call is plain TF. Recorded where autograph decides to convert a
+    # function, cached or not (_convert_actual, tensorflow/python/autograph/impl/api.py).
+    from tensorflow.python.autograph.impl import api as autograph_api
+
+    converted = []
+    convert = autograph_api._convert_actual
+
+    def record(entity, program_ctx):
+        converted.append(getattr(entity, "__qualname__", repr(entity)))
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(autograph_api, "_convert_actual", record)
     result = loop_lib.train_and_evaluate(config, str(model_dir))
+    assert "make_train_loop.<locals>.train_loop" in converted  # the record is live
+    loops = {"make_train_loop.<locals>.train_loop", "make_eval_fn.<locals>.eval_loop"}
+    # ... and the input pipeline's one-line lambdas (cheap to convert).
+    assert all(q.endswith(".<lambda>") for q in set(converted) - loops), converted
     assert result["step"] == 14
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
     assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 14

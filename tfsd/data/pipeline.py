@@ -153,6 +153,9 @@ def build_dataset(
     preprocess = preprocess_encoded if source.ENCODED else preprocess_decoded
 
     # 2. The expensive per-example work: read/decode or generate, then augment.
+    # Plain TF ops with Python conditions on the config: tf.data need not autograph it (nor what
+    # it calls), which saves every process the rewrite (tfsd.training.step.make_train_loop).
+    @tf.autograph.experimental.do_not_convert
     def example(position, *payload):
         example_seed = fold(augment_seed, position)
         image, label = source.load(plan, split, image_size, *payload)

@@ -25,6 +25,7 @@ def train_positions(
     shuffle_seed = fold(seed, SHUFFLE_TAG)
     n = tf.constant(num_examples, tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: no autograph rewrite needed
     def to_index(position):
         epoch_seed = fold(shuffle_seed, position // n)
         return position, tf.random.experimental.index_shuffle(position % n, epoch_seed, n - 1)
