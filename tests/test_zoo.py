@@ -1,4 +1,10 @@
-"""Every registered model under both mixed-precision policies: builds, runs, float32 logits."""
+"""Registered models under the mixed-precision policies: builds, runs, float32 logits.
+
+Every tfsd model under mixed_bfloat16 and (but for the EfficientNets between the smallest and
+the deepest of each family) mixed_float16; three rewritten keras.applications models under
+mixed_bfloat16. The full-size EfficientNet builds here also carry test_efficientnet's
+per-variant checks (`check_variant`).
+"""
 
 import keras
 import numpy as np
