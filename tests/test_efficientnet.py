@@ -180,8 +180,8 @@ def check_variant(model: keras.Model, name: str, num_classes: int) -> None:
     its published counts less the head (`PARAMS`): its stochastic-depth layers and rates, its
     trainable and total parameters, stem and head widths, Lite's ReLU6 and missing SE.
 
-    Called by test_forward_every_variant and, for every variant (`SLOW` ones only there), by
-    tests/test_zoo.py on its full-size builds.
+    Called by test_forward_every_variant (every variant but the `SLOW` ones) and by
+    tests/test_zoo.py on its full-size builds of every variant (the only check of the `SLOW` ones).
     """
     variant = (effnet.EFFICIENTNET | effnet.EFFICIENTNET_LITE)[name]
     lite = name in LITE_NAMES

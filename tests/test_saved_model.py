@@ -534,13 +534,13 @@ def test_keras_file_export_matches_the_saved_model(exported, tmp_path):
         preprocess=VARIANTS["resnet"]["preprocess"], sample_images=_images(size),
     )  # fmt: skip
     images = _images(size, 3, seed=4)
-    loaded = tf.saved_model.load(path)
-    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    reloaded = tf.saved_model.load(path)  # (not the module's `loaded` fixture)
+    out = reloaded.signatures["serving_default"](images=tf.constant(images))
     ref = _reference(model, None, images=images)
     assert saved_model_lib.relative_error(out["logits"], ref) <= 1e-5
     # Keras' own loader of an endpoint, which tracks the root's variable lists as its weights.
     layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
-    assert len(layer.trainable_weights) == len(loaded.trainable_variables) > 0
+    assert len(layer.trainable_weights) == len(reloaded.trainable_variables) > 0
     np.testing.assert_array_equal(layer(images)["logits"], out["logits"])
     assert "class_names" not in out  # no names were given
     for case in ("dead", "dead_owner_only"):
